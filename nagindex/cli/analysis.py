@@ -1,0 +1,3 @@
+"""`nag` commands: analysis."""
+
+from .app import app  # noqa: F401

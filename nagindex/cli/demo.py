@@ -1,0 +1,3 @@
+"""`nag` commands: demo."""
+
+from .app import app  # noqa: F401

@@ -1,0 +1,3 @@
+"""`nag` commands: extract."""
+
+from .app import app  # noqa: F401

@@ -1,0 +1,3 @@
+"""`nag` commands: index."""
+
+from .app import app  # noqa: F401

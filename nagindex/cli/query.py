@@ -1,0 +1,3 @@
+"""`nag` commands: query."""
+
+from .app import app  # noqa: F401

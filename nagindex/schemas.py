@@ -1,0 +1,180 @@
+"""Arrow schemas and the feature contract shared by every stage.
+
+A NAG feature of one document for one neuron type is a vector of L*K uint16
+neuron indices, layer-major: ``feature[l*K + r]`` is the r-th most impactful
+neuron of layer l (SPEC section 1). `FeatureSpec` says how a set of features
+was made; two sets of features can only be compared when their specs agree.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+
+from .errors import NagError
+
+NEURON_TYPES: tuple[str, ...] = ("fwd_up", "fwd_down", "att_q", "att_k", "att_v", "att_o")
+DEFAULT_NEURON_TYPE = "fwd_up"
+DEFAULT_TOP_K = 20
+DEFAULT_MAX_LENGTH = 120
+
+# Neuron indices are stored as uint16, so no layer may be wider than this.
+MAX_LAYER_WIDTH = 65536
+
+# Bumped whenever the on-disk layout of features or an index changes.
+SCHEMA_VERSION = 1
+
+# Key under which a FeatureSpec is stored in parquet / Arrow schema metadata.
+SPEC_METADATA_KEY = b"nagindex.feature_spec"
+
+
+def feature_column(neuron_type: str) -> str:
+    """Column name of a neuron type's NAG feature, as upstream names it."""
+    return f"{neuron_type}_feature"
+
+
+def parse_neuron_types(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Parse ``"fwd_up,att_q"`` (or a list) into a validated, de-duplicated tuple."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    types: list[str] = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        if item not in NEURON_TYPES:
+            raise NagError(f"unknown neuron type {item!r}; choose from {', '.join(NEURON_TYPES)}")
+        if item not in types:
+            types.append(item)
+    if not types:
+        raise NagError("no neuron type given")
+    return tuple(types)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """How a set of NAG features was made.
+
+    `layer_widths` maps each neuron type to the number of neurons per layer
+    (the valid index range); `backbone_hash` fingerprints the weights so that
+    features of different checkpoints of the same architecture never mix.
+    """
+
+    backbone: str
+    backbone_hash: str
+    num_layers: int
+    top_k: int
+    neuron_types: tuple[str, ...]
+    layer_widths: dict[str, int]
+    max_length: int = DEFAULT_MAX_LENGTH
+    tokenizer: str = ""
+    schema_version: int = SCHEMA_VERSION
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "neuron_types", tuple(self.neuron_types))
+        if self.num_layers < 1 or self.top_k < 1:
+            raise NagError(f"invalid feature spec: L={self.num_layers}, K={self.top_k}")
+        for t in self.neuron_types:
+            if t not in self.layer_widths:
+                raise NagError(f"feature spec has no layer width for neuron type {t!r}")
+            if self.top_k > self.layer_widths[t]:
+                raise NagError(
+                    f"K={self.top_k} is larger than the layer width of {t} ({self.layer_widths[t]})"
+                )
+
+    @property
+    def feature_length(self) -> int:
+        return self.num_layers * self.top_k
+
+    def width(self, neuron_type: str) -> int:
+        if neuron_type not in self.neuron_types:
+            raise NagError(
+                f"neuron type {neuron_type!r} is not in these features "
+                f"(they have {', '.join(self.neuron_types)})"
+            )
+        return self.layer_widths[neuron_type]
+
+    # -- serialisation -------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["neuron_types"] = list(self.neuron_types)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureSpec":
+        version = int(d.get("schema_version", SCHEMA_VERSION))
+        if version > SCHEMA_VERSION:
+            raise NagError(
+                f"written by a newer nagindex (schema version {version}, this one reads "
+                f"up to {SCHEMA_VERSION}); upgrade nagindex"
+            )
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "FeatureSpec":
+        return cls.from_dict(json.loads(text))
+
+    def to_metadata(self) -> dict[bytes, bytes]:
+        return {SPEC_METADATA_KEY: self.to_json().encode()}
+
+    @classmethod
+    def from_metadata(cls, metadata: dict | None) -> "FeatureSpec | None":
+        if not metadata or SPEC_METADATA_KEY not in metadata:
+            return None
+        return cls.from_json(metadata[SPEC_METADATA_KEY])
+
+    # -- compatibility -------------------------------------------------------
+    def check_compatible(self, other: "FeatureSpec", what: str = "features") -> None:
+        """Refuse to mix features made differently (backbone, L, K, max_length).
+
+        `other` may carry a subset of this spec's neuron types (a query that
+        only needs fwd_up), but each type it has must have the same width.
+        """
+        problems = []
+        if self.backbone_hash != other.backbone_hash:
+            problems.append(
+                f"backbone {other.backbone} ({other.backbone_hash[:12]}) != "
+                f"{self.backbone} ({self.backbone_hash[:12]})"
+            )
+        if self.num_layers != other.num_layers:
+            problems.append(f"L={other.num_layers} != {self.num_layers}")
+        if self.top_k != other.top_k:
+            problems.append(f"K={other.top_k} != {self.top_k}")
+        if self.max_length != other.max_length:
+            problems.append(f"max_length={other.max_length} != {self.max_length}")
+        for t in other.neuron_types:
+            if t in self.layer_widths and self.layer_widths[t] != other.layer_widths[t]:
+                problems.append(f"{t} width {other.layer_widths[t]} != {self.layer_widths[t]}")
+        if problems:
+            raise NagError(f"{what} are incompatible with this index: " + "; ".join(problems))
+
+
+def feature_type(spec: FeatureSpec) -> pa.DataType:
+    """Arrow type of one feature column: a fixed-size list of L*K uint16."""
+    return pa.list_(pa.uint16(), spec.feature_length)
+
+
+def features_schema(spec: FeatureSpec) -> pa.Schema:
+    """Schema of a `nag extract` output file: docid plus one column per neuron type."""
+    fields = [pa.field("docid", pa.string(), nullable=False)]
+    fields += [pa.field(feature_column(t), feature_type(spec), nullable=False) for t in spec.neuron_types]
+    return pa.schema(fields, metadata=spec.to_metadata())
+
+
+# Columns every pool document has once read (SPEC section 5, `web` layout).
+DOCID = "docid"
+TEXT = "doc"
+TOKEN_NUM = "token_num"
+DATASET = "dataset"
+
+DOCUMENT_FIELDS = {
+    DOCID: pa.string(),
+    TEXT: pa.string(),
+    TOKEN_NUM: pa.int64(),
+    DATASET: pa.string(),
+}
