@@ -2,7 +2,8 @@
 
 from .errors import NagError
 from .schemas import FeatureSpec, NEURON_TYPES
+from .store import AppendResult, Index
 
 __version__ = "0.1.0"
 
-__all__ = ["NagError", "FeatureSpec", "NEURON_TYPES", "__version__"]
+__all__ = ["NagError", "FeatureSpec", "NEURON_TYPES", "Index", "AppendResult", "__version__"]

@@ -178,3 +178,43 @@ DOCUMENT_FIELDS = {
     TOKEN_NUM: pa.int64(),
     DATASET: pa.string(),
 }
+
+
+# -- index table (added for the store) ----------------------------------------
+
+# Global row number of a document in an index: its position in insertion order.
+ROW = "_row"
+
+# Columns the index manages itself; a pool's payload may not use these names.
+RESERVED_INDEX_COLUMNS = (ROW,)
+
+
+def index_schema(spec: FeatureSpec, payload: pa.Schema | None = None) -> pa.Schema:
+    """Schema of an index's document table.
+
+    docid (unique, non-null), token_num (int64; null = unknown, counts as 0),
+    dataset (nullable string), then every payload column of the pool (the text
+    `doc` included), one fixed-size uint16 feature column per neuron type, and
+    the global row number.
+    """
+    fields = [
+        pa.field(DOCID, pa.string(), nullable=False),
+        pa.field(TOKEN_NUM, pa.int64()),
+        pa.field(DATASET, pa.string()),
+    ]
+    managed = {DOCID, TOKEN_NUM, DATASET, ROW} | {feature_column(t) for t in spec.neuron_types}
+    payload = list(payload or [])
+    if TEXT not in [f.name for f in payload]:
+        payload.insert(0, pa.field(TEXT, pa.string()))  # every index can hold the text
+    for f in payload:
+        if f.name not in managed:
+            fields.append(f.with_nullable(True))
+    fields += [pa.field(feature_column(t), feature_type(spec), nullable=False) for t in spec.neuron_types]
+    fields.append(pa.field(ROW, pa.int64(), nullable=False))
+    return pa.schema(fields, metadata=spec.to_metadata())
+
+
+def payload_fields(schema: pa.Schema, spec: FeatureSpec) -> list[pa.Field]:
+    """The pool's own columns of an index schema (not docid/token_num/dataset/features/row)."""
+    managed = {DOCID, TOKEN_NUM, DATASET, ROW} | {feature_column(t) for t in spec.neuron_types}
+    return [f for f in schema if f.name not in managed]

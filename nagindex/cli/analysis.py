@@ -1,3 +1,373 @@
-"""`nag` commands: analysis."""
+"""`nag deactivate ...`, `nag explain`, `nag plot ...`: interpretability commands.
 
-from .app import app  # noqa: F401
+Thin wrappers over `nagindex.analysis` (the numbers) and `nagindex.plots` (the pictures).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import NagError
+from ..schemas import DEFAULT_NEURON_TYPE
+from .app import app, deactivate_app, plot_app
+
+
+@contextmanager
+def _user_errors():
+    """Print a NagError as one ``Error: ...`` line and exit 2.
+
+    typer vendors its own click, whose error handling does not recognise
+    NagError (a click.ClickException), so each command converts it here.
+    """
+    try:
+        yield
+    except NagError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
+# -- shared options -------------------------------------------------------------
+
+_TARGETS_HELP = (
+    "Target documents: parquet (web/final), JSONL (.jsonl/.jsonl.gz, `text` or `doc` field) or .txt "
+    "(one document a line); their NAGs are extracted with the index's backbone. Or use --target-features."
+)
+_FEATURES_HELP = (
+    "Read the target's NAG features from this file (a `nag extract` parquet or upstream JSONL made with the "
+    "index's backbone, L, K and max_length) instead of extracting TARGET files."
+)
+
+
+def _target_features_opt():
+    return typer.Option(None, "--target-features", help=_FEATURES_HELP)
+
+
+def _fmt_opt():
+    return typer.Option("auto", "--format", "-f", help="Layout of TARGET files: auto, web, final, jsonl or txt.")
+
+
+def _neuron_type_opt():
+    return typer.Option(DEFAULT_NEURON_TYPE, "--neuron-type", "-t", help="Neuron type of the features used. Default: fwd_up.")
+
+
+def _batch_opt(default: int = 32):
+    return typer.Option(default, "--batch-size", "-b", help=f"Texts per forward pass. Default: {default}.")
+
+
+def _progress_opt():
+    return typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")
+
+
+def _open_index(index_dir: Path):
+    from ..store import Index
+
+    return Index.open(index_dir)
+
+
+def _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress):
+    from ..analysis import target_features_for
+
+    return target_features_for(
+        index, [str(t) for t in targets or []], target_features=target_features, neuron_type=neuron_type,
+        fmt=fmt, batch_size=batch_size, progress=progress,
+    )
+
+
+def _size(width: int, height: int) -> tuple[int, int]:
+    return int(width), int(height)
+
+
+def _width_opt():
+    return typer.Option(1200, "--width", help="Picture width in pixels. Default: 1200.")
+
+
+def _height_opt():
+    return typer.Option(800, "--height", help="Picture height in pixels. Default: 800.")
+
+
+# -- nag deactivate ---------------------------------------------------------------
+
+
+@deactivate_app.command("keys")
+def deactivate_keys_cmd(
+    index_dir: Path = typer.Argument(..., help="A NAG index (its backbone, L and K define the keys)."),
+    targets: Optional[List[Path]] = typer.Argument(None, help=_TARGETS_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="Keys file to write: JSON {layer: [neuron, ...], _meta: {...}}."),
+    per_layer: int = typer.Option(
+        20, "--per-layer", "-k", help="Neurons per layer: the most frequent target neurons (ties: lower index). Default: 20."
+    ),
+    target_features: Optional[Path] = _target_features_opt(),
+    fmt: str = _fmt_opt(),
+    neuron_type: str = _neuron_type_opt(),
+    batch_size: int = _batch_opt(),
+    progress: bool = _progress_opt(),
+) -> None:
+    """Find a target's key neurons (SPEC 4): per layer, its most frequent NAG neurons."""
+    with _user_errors():
+        from ..analysis import keys_for_index, save_keys
+
+        index = _open_index(index_dir)
+        feats = _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress)
+        keys = keys_for_index(index, feats, per_layer, neuron_type)
+        save_keys(out, keys)
+        share = keys.count / (keys.num_layers * keys.width)
+        typer.echo(
+            f"wrote {out}: {keys.count} neurons in {sum(1 for v in keys.values() if v)} layers "
+            f"({share:.3%} of {keys.num_layers * keys.width} {neuron_type} neurons) from {len(feats)} target documents"
+        )
+
+
+@deactivate_app.command("apply")
+def deactivate_apply_cmd(
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m",
+        help="Model to copy: Hugging Face repo id, local directory or .gguf file. Default: the embedded SmolLM2-135M-Instruct.",
+    ),
+    keys_file: Path = typer.Option(..., "--keys", help="Keys file written by `nag deactivate keys`."),
+    out: Path = typer.Option(..., "--out", "-o", help="New directory for the deactivated copy (save_pretrained layout)."),
+) -> None:
+    """Save a copy of a model with the keyed up-projection neurons zeroed."""
+    with _user_errors():
+        from ..analysis import apply_deactivation, load_keys
+        from ..backbones import load_backbone
+
+        keys = load_keys(keys_file)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise NagError(f"--out {out} already exists and is not an empty directory")
+        backbone = load_backbone(model, device="cpu")
+        n = apply_deactivation(backbone.model, keys)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        try:
+            backbone.model.save_pretrained(tmp)
+            backbone.tokenizer.save_pretrained(tmp)
+            if out.exists():
+                out.rmdir()
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        typer.echo(f"zeroed {n} neurons of {backbone.name}; wrote {out}")
+
+
+def _read_texts(paths: List[Path], fmt: str, limit: int, what: str) -> list[str]:
+    from ..io import read_documents
+    from ..schemas import TEXT
+
+    texts = read_documents([str(p) for p in paths], fmt).column(TEXT).to_pylist()
+    if limit > 0:
+        texts = texts[:limit]
+    if not texts:
+        raise NagError(f"the {what} is empty: no document with text in " + ", ".join(map(str, paths)))
+    return texts
+
+
+def format_report(report) -> str:
+    """The deactivation test as a small text table."""
+    d = report.to_dict()
+    lines = [
+        f"zeroed {d['zeroed']} of {d['total_neurons']} MLP neurons ({d['share_zeroed']:.3%})",
+        f"{'condition':<18}{'target loss':>12}{'change':>10}{'control loss':>14}{'change':>10}",
+    ]
+
+    def row(name, losses, rel):
+        t = f"{rel['target']:+.1%}" if rel else "-"
+        c = f"{rel['control']:+.1%}" if rel else "-"
+        lines.append(f"{name:<18}{losses['target']:>12.4f}{t:>10}{losses['control']:>14.4f}{c:>10}")
+
+    row("intact", d["intact"], None)
+    row("NAG keys zeroed", d["keys"], d["keys_relative"])
+    for seed, losses in zip(d["random_seeds"], d["random"]):
+        row(f"random (seed {seed})", losses, report.relative(losses))
+    if d["random"]:
+        row("random (mean)", d["random_mean"], d["random_relative"])
+    return "\n".join(lines)
+
+
+@deactivate_app.command("eval")
+def deactivate_eval_cmd(
+    targets: List[Path] = typer.Argument(..., help="Target items to measure the loss on (any document format)."),
+    keys_file: Path = typer.Option(..., "--keys", help="Keys file written by `nag deactivate keys`."),
+    control: List[Path] = typer.Option(..., "--control", "-c", help="Control items (repeatable): text the keys should not matter for."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Model to test. Default: the embedded SmolLM2-135M-Instruct."
+    ),
+    limit: int = typer.Option(200, "--limit", "-n", help="Items read from the targets and from the controls (the first N of each; 0 = all). Default: 200."),
+    seeds: int = typer.Option(3, "--seeds", help="Random-neuron baselines (seeds 0..N-1), each zeroing as many neurons per layer as the keys. Default: 3."),
+    max_length: int = typer.Option(120, "--max-length", help="Tokens read per item (truncated). Default: 120."),
+    fmt: str = _fmt_opt(),
+    batch_size: int = _batch_opt(16),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full report as JSON to this file."),
+    progress: bool = _progress_opt(),
+) -> None:
+    """Mean token loss of target and control items: intact, NAG keys zeroed, random neurons zeroed."""
+    with _user_errors():
+        from ..analysis import _atomic_write_text, deactivation_eval, load_keys
+        from ..backbones import load_backbone
+
+        keys = load_keys(keys_file)
+        target_texts = _read_texts(targets, fmt, limit, "target")
+        control_texts = _read_texts(control, fmt, limit, "control")
+        backbone = load_backbone(model)
+        report = deactivation_eval(
+            backbone, keys, target_texts, control_texts, seeds=tuple(range(seeds)),
+            max_length=max_length, batch_size=batch_size, progress=progress,
+        )
+        typer.echo(f"{backbone.name}: {len(target_texts)} target items, {len(control_texts)} control items")
+        typer.echo(format_report(report))
+        if json_out is not None:
+            d = report.to_dict()
+            d.update(model=backbone.name, keys=str(keys_file), targets=[str(t) for t in targets],
+                     control=[str(c) for c in control], target_items=len(target_texts),
+                     control_items=len(control_texts), max_length=max_length)
+            _atomic_write_text(json_out, json.dumps(d, indent=1) + "\n")
+
+
+# -- nag explain --------------------------------------------------------------------
+
+
+def format_explanation(ex: dict, top_layers: int = 10, top_neurons: int = 8) -> str:
+    lines = [
+        f"{ex['docid']} (label {ex['label']}): similarity {ex['similarity']:.6f} "
+        f"(= {ex['score']}/{ex['denominator']}), nag_distance {ex['nag_distance']:.6f}",
+        f"rank {ex['rank']} of {ex['pool_size']}; "
+        + (f"selected (budget r_f={ex['fraction']:g} keeps {ex['selected_count']})" if ex["selected"]
+           else f"not selected (budget r_f={ex['fraction']:g} keeps the first {ex['selected_count']})"),
+        "",
+        f"layers by contribution (top {top_layers}; share = part of the similarity):",
+        f"{'layer':>5} {'contrib':>10} {'share':>7} {'layer sim':>9}  shared neurons (neuron:weight)",
+    ]
+    total = ex["similarity"] or 1.0
+    for layer in sorted(ex["layers"], key=lambda l: (-l["contribution"], l["layer"]))[:top_layers]:
+        shared = " ".join(f"{s['neuron']}:{s['weight']:.3f}" for s in layer["shared"][:top_neurons])
+        more = f" (+{len(layer['shared']) - top_neurons})" if len(layer["shared"]) > top_neurons else ""
+        lines.append(
+            f"{layer['layer']:>5} {layer['contribution']:>10.6f} {layer['contribution'] / total:>7.1%} "
+            f"{layer['layer_similarity']:>9.4f}  {shared}{more}"
+        )
+    lines += ["", "nearest selected neighbours (share of (layer, neuron) pairs in common):"]
+    for nb in ex["neighbours"]:
+        lines.append(f"  {nb['docid']} (label {nb['label']}, rank {nb['rank']}): overlap {nb['overlap']:.3f}")
+    if not ex["neighbours"]:
+        lines.append("  (none: no other document is selected)")
+    return "\n".join(lines)
+
+
+@app.command("explain")
+def explain_cmd(
+    index_dir: Path = typer.Argument(..., help="A NAG index."),
+    docid: str = typer.Argument(..., help="The document to explain."),
+    targets: Optional[List[Path]] = typer.Argument(None, help=_TARGETS_HELP),
+    target_features: Optional[Path] = _target_features_opt(),
+    fraction: float = typer.Option(0.2, "--fraction", "-r", help="Token-budget fraction r_f that decides 'selected'. Default: 0.2."),
+    neighbours: int = typer.Option(5, "--neighbours", help="Nearest selected neighbours to list. Default: 5."),
+    power: float = typer.Option(1.0, "--power", help="Profile power p (SPEC 2). Default: 1.0."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole explanation as JSON (every layer and neuron)."),
+    fmt: str = _fmt_opt(),
+    neuron_type: str = _neuron_type_opt(),
+    batch_size: int = _batch_opt(),
+    progress: bool = _progress_opt(),
+) -> None:
+    """Why a document scored as it did: per-layer contribution, shared neurons, neighbours."""
+    with _user_errors():
+        from ..analysis import explain
+
+        index = _open_index(index_dir)
+        feats = _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress)
+        ex = explain(index, docid, feats, neuron_type=neuron_type, power=power, fraction=fraction, neighbours=neighbours)
+        typer.echo(json.dumps(ex, indent=1) if as_json else format_explanation(ex))
+
+
+# -- nag plot -------------------------------------------------------------------------
+
+
+@plot_app.command("scores")
+def plot_scores_cmd(
+    index_dir: Path = typer.Argument(..., help="A NAG index."),
+    targets: Optional[List[Path]] = typer.Argument(None, help=_TARGETS_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
+    fraction: float = typer.Option(0.2, "--fraction", "-r", help="Token-budget fraction r_f whose cut is marked. Default: 0.2."),
+    target_features: Optional[Path] = _target_features_opt(),
+    fmt: str = _fmt_opt(),
+    neuron_type: str = _neuron_type_opt(),
+    width: int = _width_opt(),
+    height: int = _height_opt(),
+    batch_size: int = _batch_opt(),
+    progress: bool = _progress_opt(),
+) -> None:
+    """Distribution of nag_distance per `dataset` label, with the budget cut marked."""
+    with _user_errors():
+        from ..analysis import pool_view, score_distribution, target_profile
+        from ..plots import plot_scores
+
+        index = _open_index(index_dir)
+        feats = _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress)
+        profile = target_profile(index, feats, neuron_type)
+        dist = score_distribution(pool_view(index, neuron_type), profile.weights, profile.denominator, fraction)
+        plot_scores(dist, out, size=_size(width, height))
+        typer.echo(f"wrote {out}: {len(dist['distance'])} documents, cut at nag_distance {dist['cut_distance']:.6f}")
+
+
+@plot_app.command("layers")
+def plot_layers_cmd(
+    index_dir: Path = typer.Argument(..., help="A NAG index."),
+    targets: Optional[List[Path]] = typer.Argument(None, help=_TARGETS_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
+    target_features: Optional[Path] = _target_features_opt(),
+    fmt: str = _fmt_opt(),
+    neuron_type: str = _neuron_type_opt(),
+    width: int = _width_opt(),
+    height: int = _height_opt(),
+    batch_size: int = _batch_opt(),
+    progress: bool = _progress_opt(),
+) -> None:
+    """Per-layer mean contribution to the similarity: target documents vs pool documents."""
+    with _user_errors():
+        from ..analysis import layer_means, pool_view, target_profile
+        from ..plots import plot_layers
+
+        index = _open_index(index_dir)
+        feats = _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress)
+        profile = target_profile(index, feats, neuron_type)
+        means = layer_means(feats, pool_view(index, neuron_type, labels=False), profile.weights, profile.denominator)
+        plot_layers(means, out, size=_size(width, height))
+        best = int(means["target"].argmax())
+        typer.echo(f"wrote {out}: {len(means['layers'])} layers; the target relies most on layer {best}")
+
+
+@plot_app.command("map")
+def plot_map_cmd(
+    index_dir: Path = typer.Argument(..., help="A NAG index."),
+    targets: Optional[List[Path]] = typer.Argument(None, help="Optional target documents, drawn as black crosses. " + _TARGETS_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
+    method: str = typer.Option("pca", "--method", help="pca (always available) or tsne (needs the `analysis` extra: scikit-learn). Default: pca."),
+    per_label: int = typer.Option(300, "--per-label", help="Documents sampled per `dataset` label (and targets drawn). Default: 300."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sample and of t-SNE. Default: 0."),
+    target_features: Optional[Path] = _target_features_opt(),
+    fmt: str = _fmt_opt(),
+    neuron_type: str = _neuron_type_opt(),
+    width: int = _width_opt(),
+    height: int = _height_opt(),
+    batch_size: int = _batch_opt(),
+    progress: bool = _progress_opt(),
+) -> None:
+    """2-D map of NAG features (bag of (layer, neuron) pairs), coloured by `dataset` label."""
+    with _user_errors():
+        from ..analysis import feature_map, pool_view
+        from ..plots import plot_map
+
+        index = _open_index(index_dir)
+        feats = None
+        if targets or target_features is not None:
+            feats = _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress)
+        fmap = feature_map(pool_view(index, neuron_type), target_features=feats, method=method, per_label=per_label, seed=seed)
+        plot_map(fmap, out, size=_size(width, height))
+        typer.echo(f"wrote {out}: {len(fmap['labels'])} points ({method})")

@@ -1,3 +1,112 @@
-"""`nag` commands: extract."""
+"""`nag extract`: NAG features of document files, written as parquet."""
 
-from .app import app  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..schemas import DEFAULT_MAX_LENGTH, DEFAULT_NEURON_TYPE, DEFAULT_TOP_K, NEURON_TYPES
+from .app import app
+
+
+@app.command("extract")
+def extract(
+    inputs: List[Path] = typer.Argument(
+        ..., help="Document files: web or final parquet, JSONL (.jsonl/.jsonl.gz) or .txt (one document a line)."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output parquet: docid, token_num and one <type>_feature column per neuron type."
+    ),
+    model: Optional[str] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Backbone: a Hugging Face repo id (e.g. Qwen/Qwen3-1.7B-Base), a local model directory or a .gguf "
+        "file. Default: the embedded SmolLM2-135M-Instruct.",
+    ),
+    fmt: str = typer.Option(
+        "auto", "--format", "-f", help="Input layout: auto (by extension and columns), web, final, jsonl or txt."
+    ),
+    neuron_types: str = typer.Option(
+        DEFAULT_NEURON_TYPE,
+        "--neuron-types",
+        "-t",
+        help=f"Comma-separated neuron types to extract, from {', '.join(NEURON_TYPES)}. Default: fwd_up.",
+    ),
+    top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", "-k", help="Neurons kept per layer (K). Default: 20."),
+    max_length: int = typer.Option(
+        DEFAULT_MAX_LENGTH, "--max-length", help="Tokens read per document; longer ones are truncated. Default: 120."
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Documents per forward pass. Default: 32."),
+    export_jsonl: Optional[Path] = typer.Option(
+        None, "--export-jsonl", help="Also write the features in the upstream NAG JSONL layout to this file."
+    ),
+    strict: bool = typer.Option(
+        False, "--strict", help="Fail on documents with empty or non-string text instead of skipping them."
+    ),
+    shard_size: int = typer.Option(
+        10_000,
+        "--shard-size",
+        help="Documents per resumable shard: finished shards are kept in <out>.parts/ and a rerun skips them. "
+        "Default: 10000.",
+    ),
+    device: Optional[str] = typer.Option(
+        None, "--device", help="cpu, cuda, cuda:1 ... Default: this process's GPU if there is one, else cpu."
+    ),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32, bf16 or fp16. Default: bf16 on CUDA, fp32 on CPU."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (docs/s, ETA)."),
+) -> None:
+    """Extract NAG features (SPEC section 1) of every document in INPUT files.
+
+    Writes one parquet file with the backbone, L, K, neuron types and
+    max_length in its metadata. Interrupted runs resume: rerun the same
+    command. Several GPUs: `accelerate launch -m nagindex.extraction INPUT...
+    --out FILE` splits the shards over the processes.
+    """
+    from ..errors import NagError
+    from ..extraction import extract_files
+
+    try:
+        summary = extract_files(
+            inputs,
+            out,
+            model=model,
+            fmt=fmt,
+            neuron_types=neuron_types,
+            top_k=top_k,
+            max_length=max_length,
+            batch_size=batch_size,
+            export_jsonl=export_jsonl,
+            strict=strict,
+            progress=progress,
+            shard_size=shard_size,
+            device=device,
+            dtype=dtype,
+        )
+    except NagError as exc:
+        # typer may vendor its own click, which does not treat NagError as a
+        # ClickException; print it as one line and exit 2 either way.
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    spec = summary["spec"]
+    if summary.get("already_done"):
+        typer.echo(f"{out} is already complete for these inputs and settings; nothing to do")
+        return
+    typer.echo(
+        f"{summary['documents']} documents -> {out} ({spec.backbone}, L={spec.num_layers}, K={spec.top_k}, "
+        f"types {','.join(spec.neuron_types)}, max_length {spec.max_length}); "
+        f"{summary['skipped']} skipped, {summary['shards_reused']}/{summary['shards']} shards reused, "
+        f"{summary['docs_per_s']:.1f} docs/s"
+    )
+
+
+def main() -> int:
+    """Run only `nag extract` (used by `python -m nagindex.extraction` under accelerate)."""
+    import sys
+
+    from typer.main import get_command
+
+    command = get_command(app).commands["extract"]  # type: ignore[attr-defined]
+    return command.main(args=sys.argv[1:], prog_name="nag extract", standalone_mode=True)

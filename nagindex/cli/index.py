@@ -1,3 +1,157 @@
-"""`nag` commands: index."""
+"""`nag index build|append|info|compact`: thin wrappers over `nagindex.Index`."""
 
-from .app import app  # noqa: F401
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..schemas import DEFAULT_MAX_LENGTH, DEFAULT_NEURON_TYPE, DEFAULT_TOP_K, NEURON_TYPES
+from .app import index_app
+
+_POOLS_HELP = (
+    "Pool files: web parquet (docid, doc, token_num, dataset, any payload columns), final parquet "
+    "(meta.docid, content_split), JSONL or .txt. Every column is kept in the index as payload."
+)
+_FEATURES_HELP = (
+    "Import precomputed features instead of running a model: nagindex parquet from `nag extract`, "
+    "or upstream NAG JSONL. They are joined to the pool documents on docid."
+)
+_FORMAT_HELP = "Pool layout: auto (by extension and columns), web, final, jsonl or txt. Default: auto."
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+@index_app.command("build")
+def build(
+    index_dir: Path = typer.Argument(..., help="Directory to create for the index (must not exist or be empty)."),
+    pools: List[Path] = typer.Argument(..., help=_POOLS_HELP),
+    model: Optional[str] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Backbone that extracts the features: a Hugging Face repo id, a local model directory or a .gguf "
+        "file. Default: the embedded SmolLM2-135M-Instruct (not needed with --features from `nag extract`).",
+    ),
+    features: Optional[List[Path]] = typer.Option(None, "--features", help=_FEATURES_HELP),
+    top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", "-k", help="Neurons kept per layer (K). Default: 20."),
+    neuron_types: str = typer.Option(
+        DEFAULT_NEURON_TYPE,
+        "--neuron-types",
+        "-t",
+        help=f"Comma-separated neuron types to index, from {', '.join(NEURON_TYPES)}. Default: fwd_up.",
+    ),
+    max_length: int = typer.Option(
+        DEFAULT_MAX_LENGTH, "--max-length", help="Tokens read per document; longer ones are truncated. Default: 120."
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Documents per forward pass. Default: 32."),
+    fmt: str = typer.Option("auto", "--format", "-f", help=_FORMAT_HELP),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Index POOL files into a new INDEX_DIR.
+
+    Extracts the NAG features of every document with the model (or imports
+    them with --features), and stores documents, payload and features in a
+    LanceDB table with FAISS inverted lists beside it. The index appears only
+    when complete.
+    """
+    from ..store import Index
+
+    index = Index.build(
+        index_dir, pools, model=model, features=features or None, fmt=fmt, top_k=top_k,
+        neuron_types=neuron_types, max_length=max_length, batch_size=batch_size, progress=progress,
+    )
+    info = index.info()
+    typer.echo(f"indexed {info['documents']} documents ({info['tokens']} tokens) into {index_dir}")
+
+
+@index_app.command("append")
+def append(
+    index_dir: Path = typer.Argument(..., help="An index made by `nag index build`."),
+    pools: List[Path] = typer.Argument(..., help=_POOLS_HELP),
+    features: Optional[List[Path]] = typer.Option(
+        None, "--features", help=_FEATURES_HELP + " Without it the index's own backbone extracts them."
+    ),
+    replace: bool = typer.Option(
+        False, "--replace", help="Overwrite documents whose docid is already indexed. Default: skip and count them."
+    ),
+    fmt: str = typer.Option("auto", "--format", "-f", help=_FORMAT_HELP),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Documents per forward pass. Default: 32."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Add the documents of POOL files to INDEX_DIR.
+
+    All or nothing: if it is interrupted (even by kill -9) the index stays as
+    it was, and running the same command again finishes the job without
+    duplicates. New rows go to a delta segment; `nag index compact` folds them in.
+    """
+    from ..store import Index
+
+    index = Index.open(index_dir)
+    result = index.append(pools, features=features or None, replace=replace, fmt=fmt, batch_size=batch_size, progress=progress)
+    typer.echo(
+        f"added {result.added}, skipped {result.skipped} already indexed, replaced {result.replaced}; "
+        f"{index.num_documents} documents in {index_dir}"
+    )
+
+
+@index_app.command("info")
+def info(
+    index_dir: Path = typer.Argument(..., help="An index made by `nag index build`."),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as one JSON object."),
+) -> None:
+    """Documents, tokens, backbone, L, K, neuron types, versions, pending deltas and size on disk."""
+    from ..store import Index
+
+    d = Index.open(index_dir).info()
+    if as_json:
+        typer.echo(json.dumps(d, indent=1))
+        return
+    lines = [
+        ("index", d["path"]),
+        ("documents", f"{d['documents']}" + (f" ({d['replaced_rows']} replaced rows awaiting compaction)" if d["replaced_rows"] else "")),
+        ("tokens", d["tokens"]),
+        ("backbone", f"{d['backbone']} (weights {d['backbone_hash'][:12]})"),
+        ("layers (L)", d["num_layers"]),
+        ("top-k (K)", d["top_k"]),
+        ("neuron types", ", ".join(f"{t} (width {d['layer_widths'][t]})" for t in d["neuron_types"])),
+        ("max length", d["max_length"]),
+        ("columns", ", ".join(d["columns"])),
+        ("lance", f"table {d['lance_table']} version {d['lance_version']}"),
+        ("segments", f"{d['segments']} ({d['deltas_pending']} deltas pending compaction)"),
+        ("schema version", d["schema_version"]),
+        ("size on disk", _human_bytes(d["size_bytes"])),
+    ]
+    for key, value in lines:
+        typer.echo(f"{key:>15}: {value}")
+
+
+@index_app.command("compact")
+def compact(
+    index_dir: Path = typer.Argument(..., help="An index made by `nag index build`."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Fold appended deltas into the base, drop replaced rows and run LanceDB optimize/cleanup.
+
+    Query results are the same before and after. Queries already running
+    against the index should be restarted afterwards.
+    """
+    from ..store import Index
+
+    index = Index.open(index_dir)
+    before = index.info()
+    index.compact(progress=progress)
+    after = index.info()
+    typer.echo(
+        f"compacted {index_dir}: {before['segments']} -> {after['segments']} segments, "
+        f"{_human_bytes(before['size_bytes'])} -> {_human_bytes(after['size_bytes'])}"
+    )

@@ -1,3 +1,156 @@
-"""`nag` commands: query."""
+"""`nag query`: a thin wrapper over `nagindex.query.run_query`."""
 
-from .app import app  # noqa: F401
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import NagError
+from ..schemas import DATASET, DEFAULT_NEURON_TYPE, NEURON_TYPES
+from .app import app
+
+
+def _check_output(out: Path) -> None:
+    """Refuse an output we could not write before doing any work."""
+    if out.exists() and out.is_dir():
+        raise NagError(f"--out {out} is a directory; give a .parquet file path")
+    parent = out.parent if str(out.parent) else Path(".")
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise NagError(f"cannot write {out}: {probe} is not a writable directory")
+
+
+def _write(table, out: Path) -> None:
+    from ..io import write_table_atomic
+
+    try:
+        write_table_atomic(table, out)
+    except OSError as e:
+        raise NagError(f"cannot write {out}: {e.strerror or e}") from None
+
+
+def format_summary(summary: dict, out: Path | None) -> str:
+    lines = []
+    dmin, dmax = summary["distance_min"], summary["distance_max"]
+    share = summary["selected_tokens"] / summary["pool_tokens"] if summary["pool_tokens"] else 0.0
+    lines.append(
+        f"selected {summary['selected_docs']} of {summary['pool_docs']} documents, "
+        f"{summary['selected_tokens']} of {summary['pool_tokens']} tokens ({share:.1%})"
+        + (f" -> {out}" if out else "")
+    )
+    if dmin is not None:
+        lines.append(f"nag_distance {dmin:.6f} .. {dmax:.6f}")
+    targets = ", ".join(f"{name} ({n} docs)" for name, n in summary["targets"].items())
+    lines.append(f"targets: {targets}")
+    if summary.get("missing_quality"):
+        lines.append(f"left out {summary['missing_quality']} rows with missing quality")
+    datasets = list(summary["datasets"].items())
+    shown = datasets[:12]
+    lines.append("per dataset: " + ", ".join(f"{k} {v}" for k, v in shown) + (" ..." if len(datasets) > 12 else ""))
+    for p in summary["plans"]:
+        lines.append(f"plan {p}")
+    return "\n".join(lines)
+
+
+@app.command("query")
+def query(
+    index_dir: Path = typer.Argument(..., help="An index made by `nag index build`."),
+    targets: Optional[List[Path]] = typer.Argument(
+        None,
+        help="Target documents as raw text: web parquet (doc), final parquet (content_split), JSONL "
+        "(text or doc) or .txt (one document per line). Each TARGET is one target set (quote a glob "
+        "like 'arc/*.parquet' to pass shards of one set); several TARGETs make the multi-target "
+        "mixture. Their NAG is extracted with the index's own backbone and settings.",
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Output parquet of the selected rows, in rank order. "
+                             "Written atomically; a missing directory is created."),
+    fraction: Optional[float] = typer.Option(
+        None, "--fraction", help="Token budget per query: keep the best-ranked documents whose tokens fit in "
+        "floor(fraction * pool tokens); with M targets each gets fraction/M. In (0, 1]. Default: 0.2."),
+    top: Optional[int] = typer.Option(
+        None, "--top", help="Keep the best N documents instead of a token budget (split over the targets)."),
+    target_features: Optional[List[Path]] = typer.Option(
+        None, "--target-features", help="Precomputed target features instead of raw text (nagindex parquet "
+        "from `nag extract` or upstream JSONL); repeat for several targets. Checked against the index's backbone, L and K."),
+    target_filter: Optional[str] = typer.Option(
+        None, "--target-filter", help="Keep only target documents whose --target-filter-col equals this value."),
+    target_filter_col: str = typer.Option(DATASET, "--target-filter-col", help="Column --target-filter reads. Default: dataset."),
+    power: float = typer.Option(1.0, "--power", help="Raise target neuron counts to this power before "
+                                "normalising the profile (SPEC 2). Default: 1.0."),
+    layers: str = typer.Option("all", "--layers", help="Layers used for target and pool alike: all, first, last "
+                               "or a list such as 0,5,9. Default: all."),
+    neuron_type: str = typer.Option(DEFAULT_NEURON_TYPE, "--neuron-type", "-t",
+                                    help=f"Neuron type to rank by, one of {', '.join(NEURON_TYPES)} that the index has. Default: fwd_up."),
+    dedupe: bool = typer.Option(False, "--dedupe", help="With several targets, keep each docid once (its first "
+                                "selection). Default: duplicates kept."),
+    quality_col: Optional[str] = typer.Option(
+        None, "--quality-col", help="Numeric payload column to combine with the NAG distance: both are min-max "
+        "normalised over the pool and summed (lower is better). Rows with missing quality are left out."),
+    invert_quality: bool = typer.Option(False, "--invert-quality", help="The quality column is higher-is-better "
+                                        "(e.g. a classifier probability): use 1 - quality. Default: used as is."),
+    with_text: bool = typer.Option(False, "--with-text", help="Include the document text column in the output."),
+    contrast: str = typer.Option("none", "--contrast", help="Profile weighting: none (SPEC 2) or pool (weight "
+                                 "neurons by how much more often they fire in the target than in the pool). Default: none."),
+    plan: str = typer.Option("auto", "--plan", help="Ranking path: auto, scan or inverted (the answer is the same). Default: auto."),
+    explain_plan: bool = typer.Option(False, "--explain-plan", help="Print which path ranked each target and why."),
+    fmt: str = typer.Option("auto", "--format", "-f", help="Layout of TARGET files: auto, web, final, jsonl or txt. Default: auto."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Target documents per forward pass. Default: 32."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Rank the pool of INDEX_DIR against TARGET documents and write the selection.
+
+    One TARGET selects by token budget (--fraction) or best N (--top); several
+    make the multi-target mixture. Prints a one-screen summary.
+    """
+    try:
+        _query(index_dir, targets, out, fraction, top, target_features, target_filter, target_filter_col, power,
+               layers, neuron_type, dedupe, quality_col, invert_quality, with_text, contrast, plan, explain_plan,
+               fmt, batch_size, progress)
+    except NagError as exc:
+        # typer vendors its own click, which does not treat NagError as a
+        # ClickException: print it as one line and exit 2 ourselves.
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
+def _query(index_dir, targets, out, fraction, top, target_features, target_filter, target_filter_col, power,
+           layers, neuron_type, dedupe, quality_col, invert_quality, with_text, contrast, plan, explain_plan,
+           fmt, batch_size, progress) -> None:
+    from ..query import run_query
+    from ..store import Index
+
+    if not targets and not target_features:
+        raise NagError("give at least one TARGET file or --target-features")
+    _check_output(out)
+    index = Index.open(index_dir)
+    result = run_query(
+        index,
+        [str(t) for t in targets or []],
+        target_features=[str(f) for f in target_features or []],
+        target_filter=target_filter,
+        target_filter_col=target_filter_col,
+        fraction=fraction,
+        top=top,
+        power=power,
+        layers=layers,
+        neuron_type=neuron_type,
+        dedupe=dedupe,
+        quality_col=quality_col,
+        invert_quality=invert_quality,
+        with_text=with_text,
+        contrast=None if contrast == "none" else contrast,
+        plan=plan,
+        fmt=fmt,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    _write(result.table, out)
+    summary = dict(result.summary)
+    if not explain_plan:
+        summary["plans"] = [p.target + ": " + p.path for p in result.plans]
+    typer.echo(format_summary(summary, out))

@@ -1,0 +1,478 @@
+"""NAG features: forward hooks -> per-document neuron impact -> per-layer top-K.
+
+For each requested neuron type t and layer l, a forward hook reads the
+projection output h (batch x seq x width) and computes SPEC section 1:
+
+    impact[b, j] = sum_i m[b, i] * |h[b, i, j]| / max(sum_i m[b, i], 1e-6)
+
+then keeps the indices of the K largest impacts (torch.topk, on the model's
+device). What is never computed: the LM head (we call the base model), any
+neuron type that was not requested, and anything after the last hook needed
+(the hook of the last layer raises `_StopForward`). Hooks return nothing, so
+the model's own outputs are unchanged.
+
+Throughput: documents are tokenized once, sorted by token length and batched,
+so a batch carries little padding; results are put back in input order.
+Padding is on the left with pad = eos when the tokenizer has none, and
+`position_ids` count real tokens only, so a document's features do not depend
+on which documents share its batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .backbones import Backbone, load_backbone
+from .errors import NagError
+from .schemas import (
+    DEFAULT_MAX_LENGTH,
+    DEFAULT_NEURON_TYPE,
+    DEFAULT_TOP_K,
+    MAX_LAYER_WIDTH,
+    FeatureSpec,
+    parse_neuron_types,
+)
+
+# Execution order of the projections inside one decoder layer: the forward
+# can stop right after the last one needed in the last layer.
+_EXECUTION_ORDER = ("att_q", "att_k", "att_v", "att_o", "fwd_up", "fwd_down")
+
+
+class _StopForward(Exception):
+    """Raised by the last hook needed: nothing after it is computed."""
+
+
+# --------------------------------------------------------------------------
+# The math, kept apart from hooks and batching
+# --------------------------------------------------------------------------
+
+
+def mean_abs_impact(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """SPEC 1: mean over real tokens of |h|. h: (b, s, w); mask: (b, s) of 0/1 -> (b, w).
+
+    Accumulates in fp32 (fp64 for fp64 models) whatever the model dtype.
+    """
+    acc = torch.float64 if h.dtype == torch.float64 else torch.float32
+    real = mask.bool().unsqueeze(-1)
+    # where, not multiply: a padded position's output may be NaN (a query that
+    # sees no key), and NaN * 0 is still NaN.
+    total = torch.where(real, h.abs().to(acc), 0.0).sum(dim=1)
+    return total / mask.to(acc).sum(dim=1, keepdim=True).clamp(min=1e-6)
+
+
+def repeat_kv_heads(impact: torch.Tensor, kv_heads: int, n_rep: int) -> torch.Tensor:
+    """(b, kv_heads*head_dim) -> (b, kv_heads*n_rep*head_dim): query head q reads kv head
+    q // n_rep, the layout of transformers' `repeat_kv`."""
+    if n_rep == 1:
+        return impact
+    b = impact.shape[0]
+    return impact.view(b, kv_heads, -1).repeat_interleave(n_rep, dim=1).reshape(b, -1)
+
+
+def top_k_indices(impact: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest impacts per row, in torch.topk order (SPEC 1)."""
+    return torch.topk(impact, k, dim=-1).indices
+
+
+# --------------------------------------------------------------------------
+# Hooks
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class _Capture:
+    """Per-batch state shared by the hooks."""
+
+    top_k: int
+    mask: torch.Tensor | None = None
+    # (neuron type, layer) -> (b, K) indices on the device
+    results: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
+
+
+@contextmanager
+def capture_features(backbone: Backbone, neuron_types: Sequence[str], top_k: int, *, stop: bool = True) -> Iterator[_Capture]:
+    """Register the hooks for `neuron_types` on every layer; yield the shared state.
+
+    With `stop`, the hook of the last projection needed raises `_StopForward`
+    (callers run the forward through `_run_forward`, which catches it).
+    """
+    types = [t for t in _EXECUTION_ORDER if t in neuron_types]
+    layers = backbone.layers
+    cfg = backbone.config
+    kv_heads = max(1, getattr(cfg, "num_key_value_heads", None) or getattr(cfg, "num_attention_heads", 1))
+    n_rep = backbone.kv_repeat
+    state = _Capture(top_k=top_k)
+    last_layer = len(layers) - 1
+    stop_module = backbone.adapter.points[types[-1]].module
+    handles = []
+
+    def make_hook(layer: int, types_here: list[str], stops: bool):
+        points = [backbone.adapter.points[t] for t in types_here]
+
+        def hook(module, args, output):
+            out = output[0] if isinstance(output, tuple) else output
+            for t, point in zip(types_here, points):
+                h = point.read(out, cfg)
+                impact = mean_abs_impact(h, state.mask)
+                if point.repeat_kv:
+                    impact = repeat_kv_heads(impact, kv_heads, n_rep)
+                state.results[(t, layer)] = top_k_indices(impact, state.top_k)
+            if stops:
+                raise _StopForward
+            return None  # never replace the module's output
+
+        return hook
+
+    try:
+        for li, layer in enumerate(layers):
+            by_module: dict[str, list[str]] = {}
+            for t in types:
+                by_module.setdefault(backbone.adapter.points[t].module, []).append(t)
+            for path, types_here in by_module.items():
+                stops = stop and li == last_layer and path == stop_module
+                handles.append(layer.get_submodule(path).register_forward_hook(make_hook(li, types_here, stops)))
+        yield state
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _run_forward(backbone: Backbone, input_ids: torch.Tensor, mask: torch.Tensor) -> None:
+    position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    try:
+        backbone.base_model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
+    except _StopForward:
+        pass
+
+
+# --------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------
+
+
+def feature_spec(backbone: Backbone, neuron_types: Sequence[str] | str = (DEFAULT_NEURON_TYPE,), top_k: int = DEFAULT_TOP_K, max_length: int = DEFAULT_MAX_LENGTH) -> FeatureSpec:
+    """The FeatureSpec of features made with these settings; NagError for bad K / widths."""
+    types = parse_neuron_types(neuron_types)
+    if top_k < 1:
+        raise NagError(f"top-k must be at least 1, got {top_k}")
+    if max_length < 1:
+        raise NagError(f"max-length must be at least 1, got {max_length}")
+    widths = {t: backbone.width(t) for t in types}
+    for t, w in widths.items():
+        if w > MAX_LAYER_WIDTH:
+            raise NagError(f"{t} has {w} neurons per layer; nagindex stores indices as uint16 (<= {MAX_LAYER_WIDTH})")
+    return FeatureSpec(
+        backbone=backbone.name,
+        backbone_hash=backbone.weights_hash,
+        num_layers=backbone.num_layers,
+        top_k=int(top_k),
+        neuron_types=types,
+        layer_widths=widths,
+        max_length=int(max_length),
+        tokenizer=backbone.tokenizer_name,
+    )
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int | None, chunk: int = 4096) -> list[list[int]]:
+    """Token ids without special tokens, truncated to max_length (SPEC 1 defaults)."""
+    ids: list[list[int]] = []
+    for start in range(0, len(texts), chunk):
+        part = list(texts[start : start + chunk])
+        enc = tokenizer(
+            part,
+            add_special_tokens=False,
+            truncation=max_length is not None,
+            max_length=max_length,
+            return_attention_mask=False,
+        )
+        ids.extend(enc["input_ids"])
+    return ids
+
+
+def count_tokens(tokenizer: Any, texts: Sequence[str], max_length: int | None = None) -> np.ndarray:
+    """Token count of each text (no special tokens; full length unless max_length is given)."""
+    return np.array([len(x) for x in tokenize(tokenizer, texts, max_length)], dtype=np.int64)
+
+
+def length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Row indices grouped into batches of similar length (longest first, so a
+    batch that does not fit in memory fails at once, and the ETA is pessimistic)."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="doc", desc=desc, disable=not enabled, smoothing=0.1, dynamic_ncols=True)
+
+
+def extract_texts(
+    backbone: Backbone,
+    texts: Sequence[str],
+    *,
+    neuron_types: Sequence[str] | str = (DEFAULT_NEURON_TYPE,),
+    top_k: int = DEFAULT_TOP_K,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """NAG features of `texts`: {neuron type: uint16 array (n, L*K)}, layer-major, input order."""
+    spec = feature_spec(backbone, neuron_types, top_k, max_length)
+    if batch_size < 1:
+        raise NagError(f"batch size must be at least 1, got {batch_size}")
+    types = spec.neuron_types
+    n, L, K = len(texts), spec.num_layers, spec.top_k
+    out = {t: np.zeros((n, L * K), dtype=np.uint16) for t in types}
+    if n == 0:
+        return out
+    ids = tokenize(backbone.tokenizer, texts, max_length)
+    lengths = np.array([len(x) for x in ids])
+    empty = np.flatnonzero(lengths == 0)
+    if len(empty):
+        # No real token: every impact is 0 (SPEC's max(sum m, 1e-6)); topk of zeros.
+        for t in types:
+            row = torch.topk(torch.zeros(1, spec.layer_widths[t]), K).indices.reshape(-1)
+            out[t][empty] = np.tile(row.numpy().astype(np.uint16), L)
+    device = backbone.device
+    pad_id = backbone.pad_token_id
+    bar = _progress(n, progress, "extract")
+    bar.update(len(empty))
+    with torch.inference_mode(), capture_features(backbone, types, K) as state:
+        for rows in length_batches(lengths, batch_size):
+            rows = rows[lengths[rows] > 0]
+            if len(rows) == 0:
+                continue
+            input_ids, mask = _left_pad([ids[i] for i in rows], pad_id, device)
+            state.mask = mask
+            state.results.clear()
+            _run_forward(backbone, input_ids, mask)
+            for t in types:
+                missing = [l for l in range(L) if (t, l) not in state.results]
+                if missing:
+                    raise RuntimeError(f"hooks for {t} did not fire on layers {missing}")
+                idx = torch.stack([state.results[(t, l)] for l in range(L)], dim=1)  # (b, L, K)
+                out[t][rows] = idx.reshape(len(rows), L * K).to(torch.int32).cpu().numpy().astype(np.uint16)
+            bar.update(len(rows))
+    bar.close()
+    return out
+
+
+# --------------------------------------------------------------------------
+# Files: `nag extract`
+# --------------------------------------------------------------------------
+
+JOB_METADATA_KEY = b"nagindex.extract_job"
+DEFAULT_SHARD_SIZE = 10_000
+
+
+def parts_dir(out: Path) -> Path:
+    """Where per-shard outputs of `out` live until the final file is written."""
+    return out.with_name(out.name + ".parts")
+
+
+def _file_identity(path: Path) -> list:
+    st = path.stat()
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+
+
+def _job_key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _read_job_key(path: Path) -> str | None:
+    """The job key of a finished output, or None when the file is absent or unreadable."""
+    import pyarrow.parquet as pq
+
+    try:
+        md = pq.read_schema(path).metadata or {}
+    except Exception:
+        return None
+    key = md.get(JOB_METADATA_KEY)
+    return key.decode() if key else None
+
+
+def _process_layout() -> tuple[int, int, Any]:
+    """(process index, number of processes, accelerate state) under `accelerate launch`."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        state = PartialState()
+        return state.process_index, state.num_processes, state
+    return 0, 1, None
+
+
+def extract_files(
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    model: str | os.PathLike | Backbone | None = None,
+    fmt: str = "auto",
+    neuron_types: Sequence[str] | str = (DEFAULT_NEURON_TYPE,),
+    top_k: int = DEFAULT_TOP_K,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    batch_size: int = 32,
+    export_jsonl: str | os.PathLike | None = None,
+    strict: bool = False,
+    progress: bool = True,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    device: str | None = None,
+    dtype: Any = None,
+) -> dict:
+    """Extract NAG features of document files into one parquet file (see `nag extract --help`).
+
+    Work is cut into shards (each input file, in chunks of `shard_size`
+    documents). Each shard's features go to ``<out>.parts/`` atomically; a
+    rerun reuses every part whose job key (spec + input identity + rows)
+    matches and recomputes the rest; the final file is written atomically
+    and the parts directory removed. Under ``accelerate launch`` process i
+    takes shards i, i+n, ...; the main process writes the final file.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from . import io as nio
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise NagError("no input files given")
+    if shard_size < 1:
+        raise NagError(f"shard size must be at least 1, got {shard_size}")
+    types = parse_neuron_types(neuron_types)
+    if out.exists() and out.is_dir():
+        raise NagError(f"--out must be a file path, {out} is a directory")
+
+    # 1. Read and validate every input before anything is written.
+    tables = []
+    skipped = 0
+    for p in paths:
+        table = nio.read_documents([p], fmt, strict=strict)
+        skipped += nio.skipped_count(table)
+        tables.append(table)
+    all_ids = pa.concat_arrays([t.column("docid").combine_chunks() for t in tables]) if tables else pa.array([], pa.string())
+    nio.check_unique_docids(all_ids)
+    total = len(all_ids)
+    if total == 0:
+        raise NagError("no documents to extract in " + ", ".join(map(str, paths)))
+
+    backbone = model if isinstance(model, Backbone) else load_backbone(model, device=device, dtype=dtype)
+    spec = feature_spec(backbone, types, top_k, max_length)
+    identities = [_file_identity(p) for p in paths]
+    final_key = _job_key(spec.to_dict(), identities, fmt, strict, "final")
+    summary = dict(out=str(out), documents=total, skipped=skipped, spec=spec, shards=0, shards_reused=0)
+
+    if _read_job_key(out) == final_key:
+        summary.update(seconds=time.perf_counter() - t0, docs_per_s=0.0, already_done=True)
+        _maybe_export(out, export_jsonl, spec)
+        return summary
+
+    # 2. Shards -> parts.
+    rank, world, acc_state = _process_layout()
+    pdir = parts_dir(out)
+    pdir.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for fi, table in enumerate(tables):
+        for start in range(0, max(table.num_rows, 1), shard_size):
+            if table.num_rows == 0:
+                break
+            length = min(shard_size, table.num_rows - start)
+            key = _job_key(spec.to_dict(), identities[fi], fmt, strict, start, length)
+            shards.append((fi, start, length, pdir / f"part-{fi:05d}-{start // shard_size:06d}.parquet", key))
+    summary["shards"] = len(shards)
+    computed_docs = 0
+    t_extract = time.perf_counter()
+    for si, (fi, start, length, part, key) in enumerate(shards):
+        if si % world != rank:
+            continue
+        if _read_job_key(part) == key:
+            summary["shards_reused"] += 1
+            continue
+        chunk = tables[fi].slice(start, length)
+        texts = chunk.column("doc").to_pylist()
+        feats = extract_texts(backbone, texts, neuron_types=types, top_k=top_k, max_length=max_length, batch_size=batch_size, progress=progress)
+        token_num = chunk.column("token_num").to_numpy(zero_copy_only=False) if "token_num" in chunk.column_names else None
+        token_num = _fill_token_num(backbone, texts, token_num)
+        nio.write_features_parquet(
+            part,
+            chunk.column("docid").to_pylist(),
+            feats,
+            spec,
+            columns={"token_num": pa.array(token_num, pa.int64())},
+            metadata={JOB_METADATA_KEY: key.encode()},
+        )
+        computed_docs += length
+    extract_seconds = time.perf_counter() - t_extract
+
+    # 3. Merge (main process only, after every process finished its parts).
+    if acc_state is not None:
+        acc_state.wait_for_everyone()
+    if rank == 0:
+        parts = [pq.read_table(part) for (_, _, _, part, _) in shards]
+        merged = pa.concat_tables(parts) if parts else None
+        schema_md = dict(merged.schema.metadata or {})
+        schema_md[JOB_METADATA_KEY] = final_key.encode()
+        nio.write_table_atomic(merged.replace_schema_metadata(schema_md), out)
+        shutil.rmtree(pdir, ignore_errors=True)
+        _maybe_export(out, export_jsonl, spec)
+    if acc_state is not None:
+        acc_state.wait_for_everyone()
+    summary.update(
+        seconds=time.perf_counter() - t0,
+        docs_per_s=computed_docs / extract_seconds if computed_docs and extract_seconds > 0 else 0.0,
+        already_done=False,
+        computed=computed_docs,
+    )
+    return summary
+
+
+def _fill_token_num(backbone: Backbone, texts: list[str], token_num: np.ndarray | None) -> np.ndarray:
+    """token_num as given, with missing (absent or null) counts computed with the tokenizer."""
+    if token_num is None:
+        return count_tokens(backbone.tokenizer, texts)
+    values = np.asarray(token_num, dtype=np.float64)
+    missing = np.flatnonzero(np.isnan(values))
+    result = np.nan_to_num(values, nan=0).astype(np.int64)
+    if len(missing):
+        result[missing] = count_tokens(backbone.tokenizer, [texts[i] for i in missing])
+    return result
+
+
+def _maybe_export(out: Path, export_jsonl: str | os.PathLike | None, spec: FeatureSpec) -> None:
+    if export_jsonl is None:
+        return
+    from . import io as nio
+
+    table, file_spec = nio.read_feature_files([out])
+    feats = nio.features_from_table(table, file_spec or spec)
+    nio.write_upstream_jsonl(export_jsonl, table.column("docid").to_pylist(), feats, file_spec or spec)
+
+
+if __name__ == "__main__":  # `accelerate launch -m nagindex.extraction INPUT... --out FILE`
+    from .cli.extract import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,281 @@
+"""What goes into an index: validated document batches joined to their features.
+
+Every batch that reaches the store has passed these checks, so that a bad
+input is refused with a NagError naming the problem before the index changes:
+docids present, text-typed, unique; token_num integer and >= 0 (or counted
+with a tokenizer); every feature vector of length L*K with indices inside the
+layer width. Feature files are joined to the pool payload on docid while both
+stream, so memory stays bounded when the two are in the same order (the
+usual case: `nag extract` writes features in pool order).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .errors import NagError
+from .schemas import DATASET, DOCID, TEXT, TOKEN_NUM, FeatureSpec, feature_column
+
+Features = dict[str, np.ndarray]
+
+
+# -- documents ---------------------------------------------------------------
+
+
+def normalize_documents(table: pa.Table, source: str = "documents") -> pa.Table:
+    """docid as non-null string, token_num as nullable int64 >= 0, dataset as string.
+
+    Other columns are kept as they are (the payload).
+    """
+    if DOCID not in table.column_names:
+        raise NagError(f"{source}: no 'docid' column (columns: {', '.join(table.column_names) or 'none'})")
+    docid = table.column(DOCID)
+    if not pa.types.is_string(docid.type):
+        if pa.types.is_large_string(docid.type) or pa.types.is_integer(docid.type):
+            docid = docid.cast(pa.string())
+        else:
+            raise NagError(f"{source}: 'docid' must be text, found {docid.type}")
+    if docid.null_count:
+        raise NagError(f"{source}: {docid.null_count} documents have no docid")
+    table = _set(table, DOCID, docid)
+    if TOKEN_NUM in table.column_names:
+        table = _set(table, TOKEN_NUM, _token_num_column(table.column(TOKEN_NUM), source))
+    else:
+        table = _set(table, TOKEN_NUM, pa.nulls(table.num_rows, pa.int64()))
+    if DATASET in table.column_names:
+        ds = table.column(DATASET)
+        if not pa.types.is_string(ds.type):
+            try:
+                ds = ds.cast(pa.string())
+            except pa.ArrowException:
+                raise NagError(f"{source}: 'dataset' must be text, found {ds.type}") from None
+        table = _set(table, DATASET, ds)
+    else:
+        table = _set(table, DATASET, pa.nulls(table.num_rows, pa.string()))
+    return table
+
+
+def _set(table: pa.Table, name: str, column) -> pa.Table:
+    i = table.schema.get_field_index(name)
+    if i < 0:
+        return table.append_column(name, column)
+    return table.set_column(i, name, column)
+
+
+def _token_num_column(col, source: str):
+    if pa.types.is_integer(col.type):
+        col = col.cast(pa.int64())
+    elif pa.types.is_floating(col.type):
+        values = col.to_numpy(zero_copy_only=False) if isinstance(col, pa.Array) else col.combine_chunks().to_numpy(zero_copy_only=False)
+        finite = values[~np.isnan(values)]
+        if finite.size and not np.all(np.floor(finite) == finite):
+            bad = finite[np.floor(finite) != finite][0]
+            raise NagError(f"{source}: token_num must be a whole number, found {bad}")
+        col = pa.array(values, pa.float64(), from_pandas=True).cast(pa.int64())
+    elif pa.types.is_null(col.type):
+        col = col.cast(pa.int64())
+    else:
+        raise NagError(f"{source}: token_num must be an integer column, found {col.type}")
+    if col.null_count < len(col):
+        low = pc.min(col).as_py()
+        if low is not None and low < 0:
+            raise NagError(f"{source}: token_num must be >= 0, found {low}")
+    return col
+
+
+def fill_token_num(table: pa.Table, count: Callable[[list[str]], np.ndarray] | None, source: str) -> pa.Table:
+    """Count the tokens of documents without token_num, or refuse when no tokenizer is at hand."""
+    col = table.column(TOKEN_NUM)
+    if col.null_count == 0:
+        return table
+    missing = pc.is_null(col)
+    if count is None:
+        first = table.column(DOCID).filter(missing)[0].as_py()
+        raise NagError(
+            f"{source}: {col.null_count} documents have no token_num (first: docid {first!r}) and no model "
+            "is given to count their tokens; add a token_num column or pass --model"
+        )
+    if TEXT not in table.column_names:
+        raise NagError(f"{source}: documents without token_num need a '{TEXT}' text column to count tokens")
+    texts = table.column(TEXT).filter(missing).to_pylist()
+    if any(t is None for t in texts):
+        raise NagError(f"{source}: documents have neither token_num nor text")
+    counted = np.asarray(count(texts), dtype=np.int64)
+    values = np.array(pc.fill_null(col, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    values[np.asarray(missing.to_numpy(zero_copy_only=False), dtype=bool)] = counted
+    return _set(table, TOKEN_NUM, pa.array(values, pa.int64()))
+
+
+def check_unique(docids: pa.Array, source: str) -> None:
+    counts = pc.value_counts(docids)
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(repeated):
+        raise NagError(f"{source}: docid {repeated[0]['values'].as_py()!r} occurs more than once")
+
+
+# -- features ----------------------------------------------------------------
+
+
+def check_features(features: Features, spec: FeatureSpec, n: int, source: str = "features") -> Features:
+    """Validated uint16 (n, L*K) arrays for every neuron type of `spec`."""
+    out = {}
+    for t in spec.neuron_types:
+        if t not in features:
+            raise NagError(f"{source}: no {t} features (the index has {', '.join(spec.neuron_types)})")
+        arr = np.asarray(features[t])
+        if arr.ndim != 2 or arr.shape[0] != n:
+            raise NagError(f"{source}: {t} features have shape {arr.shape}, expected ({n}, {spec.feature_length})")
+        if arr.shape[1] != spec.feature_length:
+            raise NagError(
+                f"{source}: {t} feature vectors have length {arr.shape[1]}, expected L*K = "
+                f"{spec.num_layers}*{spec.top_k} = {spec.feature_length}"
+            )
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise NagError(f"{source}: {t} features must be integers, found {arr.dtype}")
+        width = spec.width(t)
+        if arr.size:
+            low, high = int(arr.min()), int(arr.max())
+            if low < 0 or high >= width:
+                bad = low if low < 0 else high
+                raise NagError(f"{source}: {t} feature has neuron index {bad} outside the layer width 0..{width - 1}")
+        out[t] = np.ascontiguousarray(arr, dtype=np.uint16)
+    return out
+
+
+def features_from_columns(table: pa.Table, spec: FeatureSpec, source: str) -> Features:
+    """uint16 (n, L*K) arrays from the `<type>_feature` list columns of `table`."""
+    out = {}
+    for t in spec.neuron_types:
+        name = feature_column(t)
+        if name not in table.column_names:
+            raise NagError(f"{source}: no {name} column")
+        col = table.column(name)
+        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        if col.null_count:
+            raise NagError(f"{source}: {col.null_count} documents have no {name}")
+        if pa.types.is_fixed_size_list(col.type):
+            length = col.type.list_size
+        elif pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+            lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+            if lengths.size and (lengths.min() != lengths.max()):
+                raise NagError(f"{source}: {name} vectors have different lengths ({lengths.min()}..{lengths.max()})")
+            length = int(lengths[0]) if lengths.size else spec.feature_length
+        else:
+            raise NagError(f"{source}: {name} must be a list column, found {col.type}")
+        if length != spec.feature_length:
+            raise NagError(
+                f"{source}: {name} vectors have length {length}, expected L*K = "
+                f"{spec.num_layers}*{spec.top_k} = {spec.feature_length}"
+            )
+        flat = col.flatten()
+        if flat.null_count:
+            raise NagError(f"{source}: {name} has missing entries")
+        values = flat.to_numpy(zero_copy_only=False)
+        out[t] = values.reshape(len(col), length) if len(col) else np.zeros((0, length), values.dtype)
+    return check_features(out, spec, table.num_rows, source)
+
+
+def feature_file_spec(paths: Sequence[str | os.PathLike]) -> FeatureSpec | None:
+    """The FeatureSpec recorded in nagindex feature parquet files (None for upstream JSONL)."""
+    spec = None
+    for p in map(Path, paths):
+        if not p.exists():
+            raise NagError(f"feature file not found: {p}")
+        if _is_jsonl(p):
+            continue
+        try:
+            md = pq.read_schema(p).metadata
+        except (pa.ArrowException, OSError) as e:
+            raise NagError(f"cannot read feature file {p}: {str(e).splitlines()[0]}") from None
+        file_spec = FeatureSpec.from_metadata(md)
+        if file_spec is None:
+            continue
+        if spec is None:
+            spec = file_spec
+        else:
+            spec.check_compatible(file_spec, what=f"features in {p}")
+    return spec
+
+
+def _is_jsonl(path: Path) -> bool:
+    return path.name.lower().endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz"))
+
+
+def iter_feature_tables(paths: Sequence[str | os.PathLike], batch_rows: int) -> Iterator[pa.Table]:
+    """Feature tables (docid + feature columns) streamed from parquet, whole from JSONL."""
+    from .io import read_feature_files
+
+    for p in map(Path, paths):
+        if _is_jsonl(p):
+            table, _ = read_feature_files([p])
+            for i in range(0, table.num_rows, batch_rows):
+                yield table.slice(i, batch_rows)
+            continue
+        try:
+            pf = pq.ParquetFile(p)
+            if DOCID not in pf.schema_arrow.names:
+                raise NagError(f"{p}: no 'docid' column")
+            for batch in pf.iter_batches(batch_size=batch_rows):
+                yield pa.Table.from_batches([batch])
+        except (pa.ArrowException, OSError) as e:
+            raise NagError(f"cannot read feature file {p}: {str(e).splitlines()[0]}") from None
+
+
+def join_features(
+    documents: Iterable[pa.Table], feature_tables: Iterable[pa.Table], spec: FeatureSpec
+) -> Iterator[tuple[pa.Table, Features]]:
+    """Pair every document batch with its features, matched on docid.
+
+    Feature rows are read ahead only until every docid of the current batch
+    is found; rows read ahead but not yet used wait in a buffer. In pool
+    order the buffer stays about one batch long; in any other order it
+    grows, but the result is the same. Documents without features, and
+    features without a document, are refused.
+    """
+    feature_iter = iter(feature_tables)
+    buffer: pa.Table | None = None
+    exhausted = False
+    for docs in documents:
+        ids = docs.column(DOCID)
+        while True:
+            have = buffer is not None and bool(pc.all(pc.is_in(ids, value_set=buffer.column(DOCID))).as_py())
+            if have or exhausted:
+                break
+            try:
+                more = next(feature_iter)
+            except StopIteration:
+                exhausted = True
+                continue
+            keep = [DOCID, TOKEN_NUM, *[feature_column(t) for t in spec.neuron_types]]
+            more = more.select([c for c in keep if c in more.column_names])
+            more = more.set_column(0, DOCID, more.column(DOCID).cast(pa.string()))
+            buffer = more if buffer is None else pa.concat_tables([buffer, more], promote_options="permissive")
+        if buffer is None:
+            raise NagError(f"{len(ids)} pool documents have no features (first: docid {ids[0].as_py()!r})")
+        pos = pc.index_in(ids, value_set=buffer.column(DOCID))
+        if pos.null_count:
+            missing = ids.filter(pc.is_null(pos))
+            raise NagError(f"{len(missing)} pool documents have no features (first: docid {missing[0].as_py()!r})")
+        matched = buffer.take(pos)
+        buffer = buffer.filter(pc.invert(pc.is_in(buffer.column(DOCID), value_set=ids)))
+        if buffer.num_rows == 0:
+            buffer = None
+        if TOKEN_NUM in matched.column_names and docs.column(TOKEN_NUM).null_count:
+            # `nag extract` records token counts: use them where the pool has none
+            counted = _token_num_column(matched.column(TOKEN_NUM), "feature files")
+            docs = _set(docs, TOKEN_NUM, pc.coalesce(docs.column(TOKEN_NUM), counted))
+        yield docs, features_from_columns(matched, spec, "feature files")
+    extra = [] if buffer is None else [buffer]
+    for more in feature_iter:
+        extra.append(more)
+        break
+    if extra:
+        first = extra[0].column(DOCID)[0].as_py()
+        raise NagError(f"features for docid {first!r} have no document in the pool (docids missing from the payload)")

@@ -1,0 +1,525 @@
+"""Reading documents and reading/writing feature files.
+
+Documents of every supported layout become one Arrow table:
+``docid`` (string, unique), ``doc`` (string), ``token_num`` (int64, null when
+the input has none), ``dataset`` (string, nullable), then every other input
+column, carried through unchanged.
+
+| fmt     | input                                                              |
+|---------|--------------------------------------------------------------------|
+| `web`   | parquet with `docid`, `doc`, optional `token_num`, `dataset`       |
+| `final` | parquet with a `meta` struct holding `docid`, and `content_split`  |
+| `jsonl` | one JSON object a line (`.gz` ok): `docid` or `id`, `doc` or `text`|
+| `txt`   | one document a line; docid ``<file stem>:<line number>``; blank lines skipped |
+| `auto`  | by extension, and for parquet by its columns                       |
+
+Documents whose text is missing, not a string or blank are skipped with one
+counted warning (or refused with ``strict=True``).
+
+Feature files: nagindex parquet (``docid`` + ``<type>_feature`` fixed-size
+uint16 lists, the FeatureSpec in the schema metadata) and the upstream JSONL
+layout ``{"docid": ..., "<type>_feature": {"layer_topk_value_index": [...]}}``.
+Every writer writes a temporary sibling and renames it into place.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import NagError
+from .schemas import (
+    DATASET,
+    DOCID,
+    NEURON_TYPES,
+    TEXT,
+    TOKEN_NUM,
+    FeatureSpec,
+    feature_column,
+    features_schema,
+)
+
+FORMATS = ("auto", "web", "final", "jsonl", "txt")
+SKIPPED_METADATA_KEY = b"nagindex.skipped_docs"
+
+
+class SkippedDocumentsWarning(UserWarning):
+    """Some documents had no usable text and were left out."""
+
+
+# --------------------------------------------------------------------------
+# Documents
+# --------------------------------------------------------------------------
+
+
+def _detect_format(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson")):
+        return "jsonl"
+    if name.endswith((".txt", ".txt.gz")):
+        return "txt"
+    if name.endswith((".parquet", ".pq")):
+        names = pq.read_schema(path).names
+        if "meta" in names and "content_split" in names and DOCID not in names:
+            return "final"
+        return "web"
+    raise NagError(f"cannot tell the format of {path} from its name; pass --format (web, final, jsonl, txt)")
+
+
+def _open_text(path: Path):
+    if path.name.lower().endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _array(values: list) -> pa.Array:
+    """Arrow array of arbitrary JSON values; mixed types fall back to JSON text."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None else (v if isinstance(v, str) else json.dumps(v)) for v in values], pa.string())
+
+
+def _read_jsonl(path: Path) -> pa.Table:
+    rows = []
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise NagError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(obj, dict):
+                raise NagError(f"{path}:{lineno}: expected a JSON object per line")
+            rows.append(obj)
+    keys: dict[str, None] = {}
+    for r in rows:
+        keys.update(dict.fromkeys(r))
+    id_key = DOCID if DOCID in keys else ("id" if "id" in keys else None)
+    text_key = TEXT if TEXT in keys else ("text" if "text" in keys else None)
+    if id_key is None:
+        raise NagError(f"{path}: no 'docid' (or 'id') key in the JSON records")
+    cols: dict[str, pa.Array] = {}
+    cols[DOCID] = pa.array([None if r.get(id_key) is None else str(r[id_key]) for r in rows], pa.string())
+    if text_key is not None:
+        cols[TEXT] = _array([r.get(text_key) for r in rows])
+    for k in keys:
+        if k in (id_key, text_key) or k in cols:
+            continue
+        cols[k] = _array([r.get(k) for r in rows])
+    return pa.table(cols)
+
+
+def _read_txt(path: Path) -> pa.Table:
+    ids, docs = [], []
+    stem = path.name.split(".")[0]
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            text = line.rstrip("\r\n")
+            if text.strip():
+                ids.append(f"{stem}:{lineno}")
+                docs.append(text)
+    return pa.table({DOCID: pa.array(ids, pa.string()), TEXT: pa.array(docs, pa.string())})
+
+
+def _read_final(path: Path) -> pa.Table:
+    table = pq.read_table(path)
+    if "meta" not in table.column_names or not pa.types.is_struct(table.schema.field("meta").type):
+        raise NagError(f"{path}: 'final' format needs a 'meta' struct column with 'docid'")
+    meta = table.column("meta").combine_chunks()
+    meta_names = [meta.type.field(i).name for i in range(meta.type.num_fields)]
+    if DOCID not in meta_names:
+        raise NagError(f"{path}: the 'meta' column has no 'docid' field")
+    cols: dict[str, Any] = {DOCID: meta.field(DOCID)}
+    if "content_split" in table.column_names:
+        cols[TEXT] = table.column("content_split")
+    for name in (TOKEN_NUM, DATASET):
+        if name in table.column_names:
+            cols[name] = table.column(name)
+        elif name in meta_names:
+            cols[name] = meta.field(name)
+    for name in table.column_names:
+        if name not in ("meta", "content_split") and name not in cols:
+            cols[name] = table.column(name)
+    return pa.table(cols)
+
+
+def _read_one(path: Path, fmt: str) -> pa.Table:
+    if not path.exists():
+        raise NagError(f"input file not found: {path}")
+    if path.is_dir():
+        raise NagError(f"input is a directory, not a file: {path}")
+    kind = _detect_format(path) if fmt == "auto" else fmt
+    try:
+        if kind == "web":
+            return pq.read_table(path)
+        if kind == "final":
+            return _read_final(path)
+        if kind == "jsonl":
+            return _read_jsonl(path)
+        if kind == "txt":
+            return _read_txt(path)
+    except NagError:
+        raise
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+        raise NagError(f"cannot read {path} as {kind}: {str(exc).splitlines()[0]}") from None
+    raise NagError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+
+
+def _is_usable_text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _normalise(table: pa.Table, source: str, *, require_text: bool, strict: bool) -> tuple[pa.Table, int]:
+    """Put a raw table into the document layout; returns (table, number of rows skipped)."""
+    if DOCID not in table.column_names:
+        raise NagError(f"{source}: no 'docid' column (columns: {', '.join(table.column_names) or 'none'})")
+    if require_text and TEXT not in table.column_names:
+        raise NagError(f"{source}: no 'doc' text column (columns: {', '.join(table.column_names)})")
+    docid = table.column(DOCID)
+    if not pa.types.is_string(docid.type) and not pa.types.is_large_string(docid.type):
+        try:
+            docid = docid.cast(pa.string())
+        except pa.ArrowException:
+            raise NagError(f"{source}: 'docid' must be text, found {docid.type}") from None
+    if docid.null_count:
+        raise NagError(f"{source}: {docid.null_count} documents have no docid")
+    skipped = 0
+    if TEXT in table.column_names:
+        text = table.column(TEXT)
+        if pa.types.is_string(text.type) or pa.types.is_large_string(text.type):
+            import pyarrow.compute as pc
+
+            ok = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False)
+            keep = np.asarray(ok.to_numpy(zero_copy_only=False), dtype=bool)
+        else:
+            keep = np.array([_is_usable_text(v) for v in text.to_pylist()], dtype=bool)
+        skipped = int((~keep).sum())
+        if skipped:
+            first = docid.filter(pa.array(~keep))[0].as_py()
+            if strict:
+                raise NagError(f"{source}: {skipped} documents have empty or non-string text (first: docid {first!r})")
+            warnings.warn(
+                f"{source}: skipped {skipped} documents with empty or non-string text "
+                f"(first: docid {first!r}); use --strict to fail instead",
+                SkippedDocumentsWarning,
+                stacklevel=3,
+            )
+            table = table.filter(pa.array(keep))
+            docid = docid.filter(pa.array(keep))
+    cols: dict[str, Any] = {DOCID: docid}
+    if TEXT in table.column_names:
+        text = table.column(TEXT)
+        cols[TEXT] = text if pa.types.is_string(text.type) else text.cast(pa.string())
+    else:
+        cols[TEXT] = pa.nulls(table.num_rows, pa.string())
+    if TOKEN_NUM in table.column_names:
+        try:
+            cols[TOKEN_NUM] = table.column(TOKEN_NUM).cast(pa.int64())
+        except pa.ArrowException:
+            raise NagError(f"{source}: 'token_num' must be an integer column") from None
+    else:
+        cols[TOKEN_NUM] = pa.nulls(table.num_rows, pa.int64())
+    if DATASET in table.column_names:
+        ds = table.column(DATASET)
+        cols[DATASET] = ds if pa.types.is_string(ds.type) else ds.cast(pa.string())
+    else:
+        cols[DATASET] = pa.nulls(table.num_rows, pa.string())
+    for name in table.column_names:
+        if name not in cols:
+            cols[name] = table.column(name)
+    return pa.table(cols), skipped
+
+
+def check_unique_docids(docids: pa.Array | pa.ChunkedArray, source: str = "input") -> None:
+    """NagError naming a repeated docid, if any."""
+    import pyarrow.compute as pc
+
+    counts = pc.value_counts(docids)
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(repeated):
+        example = repeated[0]["values"].as_py()
+        raise NagError(f"{source}: {len(repeated)} docids occur more than once (e.g. {example!r})")
+
+
+def read_documents(
+    paths: Sequence[str | os.PathLike] | str | os.PathLike,
+    fmt: str = "auto",
+    *,
+    require_text: bool = True,
+    strict: bool = False,
+) -> pa.Table:
+    """Read document files (see the module docstring) into one table with unique docids.
+
+    The number of skipped documents is kept in the schema metadata
+    (`skipped_count(table)`).
+    """
+    if fmt not in FORMATS:
+        raise NagError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise NagError("no input files given")
+    tables, skipped = [], 0
+    for p in paths:
+        table, n_skipped = _normalise(_read_one(p, fmt), str(p), require_text=require_text, strict=strict)
+        tables.append(table)
+        skipped += n_skipped
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+    check_unique_docids(table.column(DOCID), ", ".join(map(str, paths)) if len(paths) <= 3 else f"{len(paths)} input files")
+    md = dict(table.schema.metadata or {})
+    md[SKIPPED_METADATA_KEY] = str(skipped).encode()
+    return table.replace_schema_metadata(md)
+
+
+def skipped_count(table: pa.Table) -> int:
+    """How many documents `read_documents` left out for unusable text."""
+    md = table.schema.metadata or {}
+    return int(md.get(SKIPPED_METADATA_KEY, b"0"))
+
+
+def iter_document_batches(
+    paths: Sequence[str | os.PathLike] | str | os.PathLike,
+    fmt: str = "auto",
+    batch_size: int = 10_000,
+    *,
+    require_text: bool = True,
+    strict: bool = False,
+) -> Iterator[pa.Table]:
+    """Documents in tables of at most `batch_size` rows, same layout as `read_documents`.
+
+    Parquet is streamed row group by row group, so a pool larger than memory
+    can be indexed; docids are checked for uniqueness across all batches
+    (NagError at the first repeat).
+    """
+    if fmt not in FORMATS:
+        raise NagError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    seen: set[str] = set()
+    for p in map(Path, paths):
+        if not p.exists():
+            raise NagError(f"input file not found: {p}")
+        kind = _detect_format(p) if fmt == "auto" else fmt
+        if kind == "web":
+            raw_batches = (pa.Table.from_batches([b]) for b in pq.ParquetFile(p).iter_batches(batch_size=batch_size))
+        else:
+            whole = _read_one(p, kind)
+            raw_batches = (whole.slice(i, batch_size) for i in range(0, whole.num_rows, batch_size))
+        for raw in raw_batches:
+            table, _ = _normalise(raw, str(p), require_text=require_text, strict=strict)
+            ids = table.column(DOCID).to_pylist()
+            check_unique_docids(table.column(DOCID), str(p))
+            dup = seen.intersection(ids)
+            if dup:
+                raise NagError(f"{p}: docid {sorted(dup)[0]!r} occurs more than once across the inputs")
+            seen.update(ids)
+            if table.num_rows:
+                yield table
+
+
+# --------------------------------------------------------------------------
+# Atomic writing
+# --------------------------------------------------------------------------
+
+
+def _tmp_sibling(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_table_atomic(table: pa.Table, path: str | os.PathLike) -> None:
+    """Write a parquet file so that readers see either the old file or the complete new one."""
+    path = Path(path)
+    tmp = _tmp_sibling(path)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+# --------------------------------------------------------------------------
+# Features
+# --------------------------------------------------------------------------
+
+
+def _feature_array(values: np.ndarray, length: int) -> pa.FixedSizeListArray:
+    arr = np.ascontiguousarray(values, dtype=np.uint16)
+    return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1), pa.uint16()), length)
+
+
+def features_table(
+    docids: Sequence[str],
+    features: dict[str, np.ndarray],
+    spec: FeatureSpec,
+    columns: dict[str, Any] | None = None,
+    metadata: dict[bytes, bytes] | None = None,
+) -> pa.Table:
+    """The `nag extract` layout: docid + one column per neuron type (+ `columns`), spec in metadata."""
+    n = len(docids)
+    schema = features_schema(spec)
+    arrays = [pa.array(list(docids), pa.string())]
+    for t in spec.neuron_types:
+        if t not in features:
+            raise NagError(f"features for {t} are missing")
+        f = np.asarray(features[t])
+        if f.shape != (n, spec.feature_length):
+            raise NagError(f"{t} features have shape {f.shape}, expected ({n}, {spec.feature_length})")
+        arrays.append(_feature_array(f, spec.feature_length))
+    table = pa.Table.from_arrays(arrays, schema=schema)
+    for name, col in (columns or {}).items():
+        table = table.append_column(name, col if isinstance(col, (pa.Array, pa.ChunkedArray)) else pa.array(col))
+    md = dict(schema.metadata or {})
+    md.update(metadata or {})
+    return table.replace_schema_metadata(md)
+
+
+def write_features_parquet(
+    path: str | os.PathLike,
+    docids: Sequence[str],
+    features: dict[str, np.ndarray],
+    spec: FeatureSpec,
+    *,
+    columns: dict[str, Any] | None = None,
+    metadata: dict[bytes, bytes] | None = None,
+) -> None:
+    """Write features as nagindex parquet, atomically."""
+    write_table_atomic(features_table(docids, features, spec, columns, metadata), path)
+
+
+def features_from_table(table: pa.Table, spec_or_types: FeatureSpec | Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """{neuron type: uint16 (n, L*K)} from the feature columns of a table."""
+    if isinstance(spec_or_types, FeatureSpec):
+        types = spec_or_types.neuron_types
+    elif spec_or_types is None:
+        types = tuple(t for t in NEURON_TYPES if feature_column(t) in table.column_names)
+    else:
+        types = tuple(spec_or_types)
+    out = {}
+    for t in types:
+        col = feature_column(t)
+        if col not in table.column_names:
+            raise NagError(f"no {col} column in these features")
+        arr = table.column(col).combine_chunks()
+        width = arr.type.list_size if pa.types.is_fixed_size_list(arr.type) else None
+        flat = arr.flatten().to_numpy(zero_copy_only=False)
+        if width is None:
+            width = len(flat) // max(len(arr), 1)
+        out[t] = flat.astype(np.uint16, copy=False).reshape(len(arr), width)
+    return out
+
+
+def _read_upstream_jsonl(path: Path) -> pa.Table:
+    docids: list[str] = []
+    cols: dict[str, list] = {}
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise NagError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if DOCID not in obj:
+                raise NagError(f"{path}:{lineno}: no 'docid'")
+            docids.append(str(obj[DOCID]))
+            for key, value in obj.items():
+                if not key.endswith("_feature"):
+                    continue
+                values = value.get("layer_topk_value_index") if isinstance(value, dict) else value
+                if not isinstance(values, list):
+                    raise NagError(f"{path}:{lineno}: {key} has no layer_topk_value_index list")
+                cols.setdefault(key, []).append(values)
+    if not cols:
+        raise NagError(f"{path}: no '<type>_feature' fields found")
+    arrays = {DOCID: pa.array(docids, pa.string())}
+    for key, rows in cols.items():
+        if len(rows) != len(docids):
+            raise NagError(f"{path}: {key} is missing in some records")
+        lengths = {len(r) for r in rows}
+        if len(lengths) != 1:
+            raise NagError(f"{path}: {key} vectors have different lengths {sorted(lengths)}")
+        mat = np.asarray(rows, dtype=np.int64)
+        if mat.size and (mat.min() < 0 or mat.max() > 65535):
+            raise NagError(f"{path}: {key} has neuron indices outside 0..65535")
+        arrays[key] = _feature_array(mat, lengths.pop())
+    return pa.table(arrays)
+
+
+def read_feature_files(paths: Sequence[str | os.PathLike] | str | os.PathLike) -> tuple[pa.Table, FeatureSpec | None]:
+    """Read nagindex feature parquet or upstream feature JSONL files.
+
+    Returns the concatenated table and the FeatureSpec from the parquet
+    metadata (None for upstream JSONL, which does not record how it was made).
+    Mixing files made with different specs is refused.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    tables, spec = [], None
+    for p in map(Path, paths):
+        if not p.exists():
+            raise NagError(f"feature file not found: {p}")
+        name = p.name.lower()
+        if name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
+            table, file_spec = _read_upstream_jsonl(p), None
+        else:
+            try:
+                table = pq.read_table(p)
+            except (pa.ArrowException, OSError) as exc:
+                raise NagError(f"cannot read feature file {p}: {str(exc).splitlines()[0]}") from None
+            file_spec = FeatureSpec.from_metadata(table.schema.metadata)
+        if DOCID not in table.column_names:
+            raise NagError(f"{p}: no 'docid' column")
+        if file_spec is not None:
+            if spec is None:
+                spec = file_spec
+            else:
+                spec.check_compatible(file_spec, what=f"features in {p}")
+                if tuple(file_spec.neuron_types) != tuple(spec.neuron_types):
+                    raise NagError(f"{p} has neuron types {file_spec.neuron_types}, others {spec.neuron_types}")
+        tables.append(table.replace_schema_metadata(None))
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+    check_unique_docids(table.column(DOCID), "feature files")
+    if spec is not None:
+        table = table.replace_schema_metadata(spec.to_metadata())
+    return table, spec
+
+
+def write_upstream_jsonl(
+    path: str | os.PathLike,
+    docids: Sequence[str],
+    features: dict[str, np.ndarray],
+    spec: FeatureSpec | None = None,
+) -> None:
+    """Write the upstream JSONL layout, atomically (`.gz` names are gzip-compressed)."""
+    path = Path(path)
+    types = spec.neuron_types if spec is not None else tuple(features)
+    tmp = _tmp_sibling(path)
+    try:
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(tmp, "wt", encoding="utf-8") as f:
+            lists = {t: np.asarray(features[t]).tolist() for t in types}
+            for i, docid in enumerate(docids):
+                rec = {DOCID: docid}
+                for t in types:
+                    rec[feature_column(t)] = {"layer_topk_value_index": lists[t][i]}
+                f.write(json.dumps(rec) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

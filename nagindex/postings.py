@@ -1,0 +1,131 @@
+"""Inverted lists of NAG features, stored so that FAISS maps them from disk.
+
+For one neuron type the inverted list of (layer l, neuron j) holds the global
+rows of the documents whose NAG has j among the top-K of layer l; its list id
+is ``l * width + j``. A row appears in a list as often as the neuron appears in
+that layer of its feature (once, for top-K features), so summing list weights
+reproduces the SPEC score exactly.
+
+On disk a segment keeps, per neuron type, the ids of all lists concatenated in
+list order (``int64``, the data layout of `faiss.OnDiskInvertedLists` with
+code_size 0) and the list offsets (``.npy``). Opening builds the OnDisk
+metadata in memory, so FAISS maps the ids read-only and nothing is copied.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+
+def ids_path(segment_dir: Path, neuron_type: str) -> Path:
+    return Path(segment_dir) / f"postings.{neuron_type}.ids"
+
+
+def offsets_path(segment_dir: Path, neuron_type: str) -> Path:
+    return Path(segment_dir) / f"postings.{neuron_type}.offsets.npy"
+
+
+def layer_postings(block: np.ndarray, width: int, first_row: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inverted lists of one layer.
+
+    `block` is (n, K): the layer's K neuron indices of n documents. Returns
+    (sizes, ids): sizes[j] = number of entries of neuron j, ids = the global
+    rows sorted by (neuron, row). A stable radix sort on the uint16 indices
+    keeps rows ascending within each list.
+    """
+    n, k = block.shape
+    flat = np.ascontiguousarray(block, dtype=np.uint16).ravel()
+    order = np.argsort(flat, kind="stable")
+    ids = order // k
+    ids += first_row
+    sizes = np.bincount(flat, minlength=width).astype(np.int64)
+    return sizes, ids.astype(np.int64, copy=False)
+
+
+def write_postings(
+    segment_dir: Path,
+    neuron_type: str,
+    features: np.ndarray,
+    num_layers: int,
+    top_k: int,
+    width: int,
+    first_row: int,
+) -> None:
+    """Write the inverted lists of `features` (n, L*K) layer by layer (bounded memory)."""
+    nlist = num_layers * width
+    offsets = np.zeros(nlist + 1, dtype=np.int64)
+    with open(ids_path(segment_dir, neuron_type), "wb") as f:
+        for layer in range(num_layers):
+            block = features[:, layer * top_k : (layer + 1) * top_k]
+            sizes, ids = layer_postings(block, width, first_row)
+            start = layer * width
+            offsets[start + 1 : start + width + 1] = offsets[start] + np.cumsum(sizes)
+            ids.tofile(f)
+        f.flush()
+        os.fsync(f.fileno())
+    with open(offsets_path(segment_dir, neuron_type), "wb") as f:
+        np.save(f, offsets)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _ondisk_metadata(data_path: Path, offsets: np.ndarray) -> bytes:
+    """Serialised `faiss.OnDiskInvertedLists` ("ilod") over `data_path`, code_size 0."""
+    nlist = len(offsets) - 1
+    sizes = np.diff(offsets).astype("<u8")
+    # one OnDiskOneList per list: size, capacity, byte offset of the ids
+    lists = np.stack([sizes, sizes, (offsets[:-1] * 8).astype("<u8")], axis=1)
+    name = str(Path(data_path).resolve()).encode()
+    return b"".join(
+        [
+            b"ilod",
+            struct.pack("<QQ", nlist, 0),
+            struct.pack("<Q", nlist),
+            lists.tobytes(),
+            struct.pack("<Q", 0),  # no free slots
+            struct.pack("<Q", len(name)),
+            name,
+            struct.pack("<Q", int(offsets[-1]) * 8),
+        ]
+    )
+
+
+def open_postings(segment_dir: Path, neuron_type: str) -> faiss.InvertedLists:
+    """Map one segment's inverted lists of `neuron_type` read-only."""
+    offsets = np.load(offsets_path(segment_dir, neuron_type))
+    data = ids_path(segment_dir, neuron_type)
+    if os.path.getsize(data) != int(offsets[-1]) * 8:
+        raise OSError(f"{data} does not match its offsets (truncated segment?)")
+    reader = faiss.VectorIOReader()
+    faiss.copy_array_to_vector(np.frombuffer(_ondisk_metadata(data, offsets), dtype=np.uint8), reader.data)
+    return faiss.read_InvertedLists(reader, faiss.IO_FLAG_READ_ONLY)
+
+
+def stack_postings(parts: list[faiss.InvertedLists]) -> faiss.InvertedLists:
+    """One view over the lists of several segments (base + deltas), in segment order."""
+    if len(parts) == 1:
+        return parts[0]
+    pointers = faiss.InvertedListsPtrVector()
+    for part in parts:
+        pointers.push_back(part)
+    stacked = faiss.HStackInvertedLists(len(parts), pointers.data())
+    # the view holds raw pointers: keep the parts (and the pointer array) alive with it
+    stacked.referenced_objects = [pointers, *parts]
+    return stacked
+
+
+def list_ids(invlists: faiss.InvertedLists, list_no: int) -> np.ndarray:
+    """A copy of the ids of one list (works for stacked and mapped lists)."""
+    n = invlists.list_size(list_no)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    ptr = invlists.get_ids(list_no)
+    try:
+        return faiss.rev_swig_ptr(ptr, n).copy()
+    finally:
+        invlists.release_ids(list_no, ptr)

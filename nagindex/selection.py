@@ -1,0 +1,172 @@
+"""Exact ranking and selection (SPEC sections 3-4), pure numpy / pyarrow.
+
+Every ordering here is by a key ascending (the negated integer score, or the
+quality-combined score) and then by docid ascending, compared as UTF-8 bytes,
+which is the same order as Python's ``str`` comparison. Functions return row
+positions into the arrays they were given; the caller maps them back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import NagError
+
+
+def _as_arrow(docids) -> pa.Array:
+    if isinstance(docids, pa.ChunkedArray):
+        return docids.combine_chunks()
+    if isinstance(docids, pa.Array):
+        return docids
+    return pa.array(np.asarray(docids, dtype=object), type=pa.string())
+
+
+def exact_order(keys: np.ndarray, docids) -> np.ndarray:
+    """Positions sorted by (key ascending, docid ascending)."""
+    keys = np.asarray(keys)
+    if keys.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    table = pa.table({"k": keys, "d": _as_arrow(docids)})
+    return pc.sort_indices(table, sort_keys=[("k", "ascending"), ("d", "ascending")]).to_numpy().astype(np.int64)
+
+
+def rank_order(scores: np.ndarray, docids) -> np.ndarray:
+    """Positions by (score descending = distance ascending, docid ascending)."""
+    return exact_order(-np.asarray(scores, dtype=np.int64), docids)
+
+
+def check_fraction(fraction: float) -> float:
+    fraction = float(fraction)
+    if not (0.0 < fraction <= 1.0) or math.isnan(fraction):
+        raise NagError(f"fraction must be in (0, 1], got {fraction}")
+    return fraction
+
+
+def token_budget(total_tokens: int, fraction: float) -> int:
+    """floor(T * fraction), SPEC 3."""
+    return int(math.floor(int(total_tokens) * check_fraction(fraction)))
+
+
+def select_budget(ordered_token_num: np.ndarray, fraction: float, total_tokens: int | None = None) -> int:
+    """How many leading rows of an already ranked pool the budget keeps.
+
+    The longest prefix whose cumulative token_num is <= floor(T * fraction),
+    T the pool's total (default: the sum of `ordered_token_num`); if that
+    prefix is empty, the first row is kept anyway (SPEC 3).
+    """
+    tokens = np.asarray(ordered_token_num, dtype=np.int64)
+    if tokens.size == 0:
+        return 0
+    total = int(tokens.sum()) if total_tokens is None else int(total_tokens)
+    budget = token_budget(total, fraction)
+    kept = int(np.searchsorted(np.cumsum(tokens), budget, side="right"))
+    return max(kept, 1)
+
+
+def select_top(n_rows: int, top: int) -> int:
+    """How many leading rows `--top N` keeps."""
+    if int(top) < 1:
+        raise NagError(f"--top must be at least 1, got {top}")
+    return min(int(top), int(n_rows))
+
+
+def _order_prefix(keys: np.ndarray, docids, end: int, coarse: np.ndarray) -> np.ndarray:
+    """Exact order of the first `end` positions of `coarse` (a stable sort by
+    key alone), where `end` is a tie-group boundary."""
+    sub = coarse[:end]
+    return sub[exact_order(keys[sub], _as_arrow(docids).take(pa.array(sub)))]
+
+
+def budget_selection(
+    keys: np.ndarray, token_num: np.ndarray, docids, fraction: float, total_tokens: int | None = None
+) -> np.ndarray:
+    """Rows kept by the token budget, in rank order (key asc, docid asc).
+
+    Only the tie groups up to the cut are sorted by docid: the groups before
+    it fit whole whatever their inner order (token counts are >= 0), and the
+    ones after it are out whatever their inner order.
+    """
+    keys = np.asarray(keys)
+    tokens = np.asarray(token_num, dtype=np.int64)
+    n = keys.size
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    total = int(tokens.sum()) if total_tokens is None else int(total_tokens)
+    budget = token_budget(total, fraction)
+    coarse = np.argsort(keys, kind="stable")
+    sorted_keys = keys[coarse]
+    cut = int(np.searchsorted(np.cumsum(tokens[coarse]), budget, side="right"))
+    end = n if cut >= n else int(np.searchsorted(sorted_keys, sorted_keys[cut], side="right"))
+    exact = _order_prefix(keys, docids, end, coarse)
+    kept = int(np.searchsorted(np.cumsum(tokens[exact]), budget, side="right"))
+    return exact[: max(kept, 1)]
+
+
+def top_selection(keys: np.ndarray, docids, top: int) -> np.ndarray:
+    """The best `top` rows in rank order (key asc, docid asc)."""
+    keys = np.asarray(keys)
+    n_keep = select_top(keys.size, top)
+    if n_keep == 0:
+        return np.zeros(0, dtype=np.int64)
+    kth = np.partition(keys, n_keep - 1)[n_keep - 1]
+    cand = np.flatnonzero(keys <= kth)
+    order = exact_order(keys[cand], _as_arrow(docids).take(pa.array(cand)))
+    return cand[order][:n_keep]
+
+
+def mixture(selections: list[np.ndarray], docids, dedupe: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate per-target selections (SPEC 4 multi-target mixture).
+
+    Returns (rows, target number of each row). With `dedupe`, a docid already
+    selected by an earlier target (or earlier in the same one) is dropped, so
+    the first occurrence is kept.
+    """
+    if not selections:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    rows = np.concatenate([np.asarray(s, dtype=np.int64) for s in selections])
+    which = np.concatenate([np.full(len(s), i, dtype=np.int64) for i, s in enumerate(selections)])
+    if dedupe and rows.size:
+        ids = _as_arrow(docids).take(pa.array(rows))
+        # np.unique keeps the first index of every value: stable "keep first".
+        _, first = np.unique(np.asarray(ids.to_numpy(zero_copy_only=False), dtype=object), return_index=True)
+        keep = np.sort(first)
+        rows, which = rows[keep], which[keep]
+    return rows, which
+
+
+@dataclass(frozen=True)
+class QualityCombination:
+    combined: np.ndarray  # float64, lower is better, for the rows kept
+    kept: np.ndarray  # positions (into the inputs) whose quality is present
+    missing: int  # rows left out because their quality is missing
+
+
+def _min_max(values: np.ndarray) -> np.ndarray:
+    lo, hi = values.min(), values.max()
+    if hi == lo:
+        return np.zeros(values.shape, dtype=np.float64)
+    return (values - lo) / (hi - lo)
+
+
+def quality_combination(distance: np.ndarray, quality: np.ndarray, invert: bool) -> QualityCombination:
+    """SPEC 4 quality combination: min-max normalise both over the pool (rows
+    with missing quality are left out first), turn a higher-is-better quality
+    into 1 - q, and add; lower is better. As upstream's ``--invert_quality``,
+    ``invert=True`` says the column is higher-is-better (e.g. a FineWeb-Edu
+    probability); without it the column is used as is (lower is better)."""
+    distance = np.asarray(distance, dtype=np.float64)
+    quality = np.asarray(quality, dtype=np.float64)
+    present = ~np.isnan(quality)
+    kept = np.flatnonzero(present)
+    if kept.size == 0:
+        return QualityCombination(np.zeros(0), kept, int(quality.size))
+    d = _min_max(distance[kept])
+    q = _min_max(quality[kept])
+    if invert:
+        q = 1.0 - q
+    return QualityCombination(d + q, kept, int(quality.size - kept.size))
