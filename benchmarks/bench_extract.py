@@ -64,6 +64,26 @@ def qwen3_1_7b_config():
     )
 
 
+def smollm2_135m_config():
+    """SmolLM2-135M's shapes, random-init: for machines without the embedded model's cache."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        rope_theta=100000.0,
+    )
+
+
+MODEL_CONFIGS = {"qwen3-1.7b": qwen3_1_7b_config, "smollm2-135m": smollm2_135m_config}
+
+
 # --------------------------------------------------------------------------
 # Reference-style extraction (what the upstream research code does)
 # --------------------------------------------------------------------------
@@ -140,54 +160,76 @@ def main(argv=None) -> int:
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="fp32 / bf16 (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--neuron-types", default="fwd_up", help="what nagindex extracts (default fwd_up)")
-    p.add_argument("--model-config", default=None, choices=[None, "qwen3-1.7b"],
+    p.add_argument("--model-config", default=None, choices=[None, *MODEL_CONFIGS],
                    help="random-init model of these shapes instead of the embedded SmolLM2-135M")
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory for --model-config (default: the embedded one)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved reference/nagindex rounds (default 3)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     texts = sample_documents(args.pool, args.n, args.seed)
-    bb = load_backbone(device=args.device, dtype=args.dtype)
-    if args.model_config == "qwen3-1.7b":
-        from transformers import AutoModelForCausalLM
+    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.model_config:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else load_backbone(device="cpu").tokenizer
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(qwen3_1_7b_config(), dtype=resolve_dtype(args.dtype, bb.device))
-        bb = backbone_from_model(model.to(bb.device), bb.tokenizer, "random-qwen3-1.7b")
+        cfg = MODEL_CONFIGS[args.model_config]()
+        model = AutoModelForCausalLM.from_config(cfg, dtype=resolve_dtype(args.dtype, device))
+        bb = backbone_from_model(model.to(device), tokenizer, f"random-{args.model_config}")
+    else:
+        bb = load_backbone(device=device, dtype=args.dtype)
     model = bb.model
     types = parse_neuron_types(args.neuron_types)
     kw = dict(top_k=args.top_k, max_length=args.max_length, batch_size=args.batch_size)
     print(f"model {bb.name}: L={bb.num_layers}, fwd_up width {bb.width('fwd_up')}, device {bb.device}, "
           f"dtype {bb.dtype}, threads {torch.get_num_threads()}; {len(texts)} docs, K={args.top_k}, "
-          f"max_length={args.max_length}, batch {args.batch_size}", flush=True)
+          f"max_length={args.max_length}, batch {args.batch_size}, {args.rounds} interleaved rounds", flush=True)
 
     def sync():
         if bb.device.type == "cuda":
             torch.cuda.synchronize()
 
-    # Warm up both paths on a few documents (allocator, kernels).
-    model.set_attn_implementation("eager")
-    reference_extract(model, bb.tokenizer, texts[:4], **kw)
-    model.set_attn_implementation("sdpa")
-    extract_texts(bb, texts[:4], neuron_types=types, **kw)
+    def run_reference(chunk):
+        model.set_attn_implementation("eager")
+        return reference_extract(model, bb.tokenizer, chunk, **kw)
 
-    model.set_attn_implementation("eager")
-    sync(); t0 = time.perf_counter()
-    ref = reference_extract(model, bb.tokenizer, texts, **kw)
-    sync(); t_ref = time.perf_counter() - t0
-    print(f"reference-style (LM head, eager, 6 types, input order): {len(texts) / t_ref:8.2f} docs/s  ({t_ref:.1f} s)", flush=True)
+    def run_nagindex(chunk):
+        model.set_attn_implementation("sdpa")
+        return extract_texts(bb, chunk, neuron_types=types, **kw)
 
-    model.set_attn_implementation("sdpa")
-    sync(); t0 = time.perf_counter()
-    ours = extract_texts(bb, texts, neuron_types=types, **kw)
-    sync(); t_ours = time.perf_counter() - t0
-    print(f"nagindex ({','.join(types)}):                            {len(texts) / t_ours:8.2f} docs/s  ({t_ours:.1f} s)")
+    # Warm up both paths (allocator, kernels).
+    run_reference(texts[: args.batch_size])
+    run_nagindex(texts[: args.batch_size])
+
+    # Interleave the two in rounds, so that a change in machine load (other
+    # jobs, clocks) falls on both alike.
+    t_ref = t_ours = 0.0
+    ref_parts, our_parts = [], []
+    bounds = np.linspace(0, len(texts), args.rounds + 1).astype(int)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        chunk = texts[a:b]
+        sync(); t0 = time.perf_counter()
+        ref_parts.append(run_reference(chunk))
+        sync(); t1 = time.perf_counter()
+        our_parts.append(run_nagindex(chunk))
+        sync(); t2 = time.perf_counter()
+        t_ref += t1 - t0
+        t_ours += t2 - t1
+        print(f"  round {len(ref_parts)}: reference {len(chunk) / (t1 - t0):8.2f} docs/s, "
+              f"nagindex {len(chunk) / (t2 - t1):8.2f} docs/s", flush=True)
+    ref = {t: np.concatenate([r[t] for r in ref_parts]) for t in NEURON_TYPES}
+    ours = {t: np.concatenate([r[t] for r in our_parts]) for t in types}
+    print(f"reference-style (LM head, eager, 6 types, input order): {len(texts) / t_ref:8.2f} docs/s  ({t_ref:.1f} s)")
+    print(f"nagindex ({','.join(types)}, sdpa, no head, length-sorted): {len(texts) / t_ours:8.2f} docs/s  ({t_ours:.1f} s)")
     print(f"speed-up: {t_ref / t_ours:.2f}x")
     for t in types:
         rows = float((ours[t] == ref[t]).all(axis=1).mean())
         entries = float((ours[t] == ref[t]).mean())
-        print(f"{t}: identical rows {rows:.3f}, identical entries {entries:.4f} (fp rounding of eager vs sdpa can swap near-ties)")
+        print(f"{t}: identical rows {rows:.3f}, identical entries {entries:.4f} "
+              "(eager vs sdpa rounding can swap near-tied neurons)")
     return 0
 
 

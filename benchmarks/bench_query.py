@@ -191,12 +191,17 @@ def build_index(work: Path, n: int, seed: int, zipf: float, tag: str) -> tuple[P
     from nagindex.store import Index
 
     d = work / f"pool-{tag}"
+    idx = d / "index"
+    if (idx / "manifest.json").exists() or (d / "done").exists():
+        print(f"  reusing {idx}")
+        return idx, d / "payload.parquet", d / "features.parquet", 0.0
+    shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True, exist_ok=True)
     t_gen, (payload, features) = timed(write_pool, d, n, seed, zipf)
     print(f"  generated {n} docs in {t_gen:.1f} s")
-    idx = d / "index"
     t_build, _ = timed(Index.build, idx, [payload], features=[features], progress=False)
     print(f"  built the index in {t_build:.1f} s ({n / t_build:,.0f} docs/s)")
+    (d / "done").touch()
     return idx, payload, features, t_build
 
 
@@ -211,6 +216,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None, help="where pools and indexes go (default: a temp dir, removed)")
     ap.add_argument("--skip-upstream", action="store_true", help="skip the pandas pipeline of (b)")
+    ap.add_argument("--parts", default="abcd", help="which figures to measure, e.g. 'd' (default abcd)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes for CI")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -228,78 +234,95 @@ def main(argv=None) -> int:
         weights = upstream_weights(target.astype(np.int64))
 
         # (a) kernel ---------------------------------------------------------
-        rows = min(args.kernel_rows, args.n)
-        feats = np.concatenate([f for _, f in feature_chunks(rows, args.seed, args.zipf)])
-        scoring.score_features(feats[:100], profile)  # compile / load the cached kernel
-        t_ours, ours = min((timed(scoring.score_features, feats, profile) for _ in range(3)), key=lambda x: x[0])
-        t_np, _ = timed(scoring.score_features, feats, profile, kernel="numpy")
-        f64 = feats.astype(np.int64)  # upstream keeps int64 features; not timed
-        t_up, up = timed(upstream_kernel, f64, weights)
-        del f64
-        diff = float(np.max(np.abs(scoring.nag_distance(ours, profile) - up)))
-        print(f"(a) kernel on {rows:,} rows: nagindex {rows / t_ours:,.0f} docs/s, numpy fallback "
-              f"{rows / t_np:,.0f} docs/s, upstream-style {rows / t_up:,.0f} docs/s; "
-              f"ratio {t_up / t_ours:.1f}x (fallback {t_up / t_np:.1f}x); max |distance diff| {diff:.2e}")
-        del feats
-
+        if "a" in args.parts:
+            kernel_figures(args, profile, weights)
+        if not set("bcd") & set(args.parts):
+            return 0
+        if "b" not in args.parts and "c" not in args.parts:
+            rss_figures(args, work, rss_sizes, None, target_path)
+            return 0
         # build the main index ------------------------------------------------
         print(f"building a {args.n:,}-doc index")
         idx, payload, features, _ = build_index(work, args.n, args.seed, args.zipf, str(args.n))
-
-        # (b) end to end ---------------------------------------------------------
-        out_ours = work / "ours.parquet"
-        cmd = nag_cmd("query", idx, "--target-features", target_path, "--out", out_ours, "--fraction", "0.2",
-                      "--with-text", "--no-progress")
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)  # warm: numba cache, page cache
-        rss, t_cli = peak_rss_mb(cmd)
-        t_cli = min(t_cli, peak_rss_mb(cmd)[1])
-        print(f"(b) nag query --target-features (fraction 0.2, --with-text): {t_cli:.2f} s wall, peak RSS {rss:.0f} MiB")
-        if not args.skip_upstream:
-            out_up = work / "upstream.parquet"
-            t_upp, n_up = timed(upstream_pipeline, features, payload, target_path, out_up, 0.2)
-            a = pq.read_table(out_ours, columns=["docid"]).column(0).to_pylist()
-            b = pq.read_table(out_up, columns=["docid"]).column(0).to_pylist()
-            same = sum(x == y for x, y in zip(a, b))
-            print(f"    upstream-style pandas pipeline: {t_upp:.2f} s; ratio {t_upp / t_cli:.1f}x; "
-                  f"selections: {len(a)} vs {n_up} rows, {same} identical in rank order")
-
-        # (c) --top 1000: inverted lists vs scan --------------------------------------
-        from nagindex.query import run_query
-        from nagindex.store import Index
-
-        index = Index.open(idx)
-        top = min(1000, max(args.n // 100, 1))
-        run_query(index, target_features=[str(target_path)], top=top, plan="scan")  # warm
-        t_scan, r_scan = min((timed(run_query, index, target_features=[str(target_path)], top=top, plan="scan")
-                              for _ in range(2)), key=lambda x: x[0])
-        t_inv, r_inv = min((timed(run_query, index, target_features=[str(target_path)], top=top, plan="inverted")
-                            for _ in range(2)), key=lambda x: x[0])
-        t_auto, r_auto = timed(run_query, index, target_features=[str(target_path)], top=top)
-        same = r_scan.table.column("docid").to_pylist() == r_inv.table.column("docid").to_pylist()
-        print(f"(c) --top {top}: scan {t_scan:.2f} s, inverted lists {t_inv:.2f} s, ratio scan/inverted "
-              f"{t_scan / t_inv:.2f}x; identical: {same}; auto plan {t_auto:.2f} s")
-        print(f"    inverted: {r_inv.explain()}")
-        print(f"    auto:     {r_auto.explain()}")
-        del index
-
-        # (d) peak RSS vs pool size ---------------------------------------------------
-        for n in rss_sizes:
-            if n == args.n:
-                rss_idx = idx
-            else:
-                print(f"building a {n:,}-doc index for (d)")
-                rss_idx, *_ = build_index(work, n, args.seed, args.zipf, str(n))
-            out = work / f"rss-{n}.parquet"
-            cmd = nag_cmd("query", rss_idx, "--target-features", target_path, "--out", out, "--fraction", "0.2",
-                          "--no-progress")
-            rss, wall = peak_rss_mb(cmd)
-            print(f"(d) n={n:,}: nag query peak RSS {rss:.0f} MiB ({rss * 2**20 / n:.0f} B/doc), {wall:.2f} s wall")
-            if n != args.n:
-                shutil.rmtree(rss_idx.parent, ignore_errors=True)
+        if "b" in args.parts:
+            end_to_end_figures(args, work, idx, payload, features, target_path)
+        if "c" in args.parts:
+            inverted_figures(args, idx, target_path)
+        if "d" in args.parts:
+            rss_figures(args, work, rss_sizes, idx, target_path)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def kernel_figures(args, profile, weights) -> None:
+    rows = min(args.kernel_rows, args.n)
+    feats = np.concatenate([f for _, f in feature_chunks(rows, args.seed, args.zipf)])
+    scoring.score_features(feats[:100], profile)  # compile / load the cached kernel
+    t_ours, ours = min((timed(scoring.score_features, feats, profile) for _ in range(3)), key=lambda x: x[0])
+    t_np, _ = timed(scoring.score_features, feats, profile, kernel="numpy")
+    f64 = feats.astype(np.int64)  # upstream keeps int64 features; not timed
+    t_up, up = timed(upstream_kernel, f64, weights)
+    del f64
+    diff = float(np.max(np.abs(scoring.nag_distance(ours, profile) - up)))
+    print(f"(a) kernel on {rows:,} rows: nagindex {rows / t_ours:,.0f} docs/s, numpy fallback "
+          f"{rows / t_np:,.0f} docs/s, upstream-style {rows / t_up:,.0f} docs/s; "
+          f"ratio {t_up / t_ours:.1f}x (fallback {t_up / t_np:.1f}x); max |distance diff| {diff:.2e}")
+    del feats
+
+
+def end_to_end_figures(args, work, idx, payload, features, target_path) -> None:
+    out_ours = work / "ours.parquet"
+    cmd = nag_cmd("query", idx, "--target-features", target_path, "--out", out_ours, "--fraction", "0.2",
+                  "--with-text", "--no-progress")
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)  # warm: numba cache, page cache
+    rss, t_cli = peak_rss_mb(cmd)
+    t_cli = min(t_cli, peak_rss_mb(cmd)[1])
+    print(f"(b) nag query --target-features (fraction 0.2, --with-text): {t_cli:.2f} s wall, peak RSS {rss:.0f} MiB")
+    if not args.skip_upstream:
+        out_up = work / "upstream.parquet"
+        t_upp, n_up = timed(upstream_pipeline, features, payload, target_path, out_up, 0.2)
+        a = pq.read_table(out_ours, columns=["docid"]).column(0).to_pylist()
+        b = pq.read_table(out_up, columns=["docid"]).column(0).to_pylist()
+        print(f"    upstream-style pandas pipeline: {t_upp:.2f} s; ratio {t_upp / t_cli:.1f}x; "
+              f"selections: {len(a)} vs {n_up} rows, {len(set(a) & set(b))} docids in common "
+              f"(upstream float sums order exact ties by summation order, not docid)")
+
+
+def inverted_figures(args, idx, target_path) -> None:
+    from nagindex.query import run_query
+    from nagindex.store import Index
+
+    index = Index.open(idx)
+    top = min(1000, max(args.n // 100, 1))
+    run_query(index, target_features=[str(target_path)], top=top, plan="scan")  # warm
+    t_scan, r_scan = min((timed(run_query, index, target_features=[str(target_path)], top=top, plan="scan")
+                          for _ in range(2)), key=lambda x: x[0])
+    t_inv, r_inv = min((timed(run_query, index, target_features=[str(target_path)], top=top, plan="inverted")
+                        for _ in range(2)), key=lambda x: x[0])
+    t_auto, r_auto = timed(run_query, index, target_features=[str(target_path)], top=top)
+    same = r_scan.table.column("docid").to_pylist() == r_inv.table.column("docid").to_pylist()
+    print(f"(c) --top {top}: scan {t_scan:.2f} s, inverted lists {t_inv:.2f} s, ratio scan/inverted "
+          f"{t_scan / t_inv:.2f}x; identical: {same}; auto plan {t_auto:.2f} s")
+    print(f"    inverted: {r_inv.explain()}")
+    print(f"    auto:     {r_auto.explain()}")
+
+
+def rss_figures(args, work, rss_sizes, idx, target_path) -> None:
+    for n in rss_sizes:
+        if n == args.n and idx is not None:
+            rss_idx = idx
+        else:
+            print(f"building a {n:,}-doc index for (d)")
+            rss_idx, *_ = build_index(work, n, args.seed, args.zipf, str(n))
+        out = work / f"rss-{n}.parquet"
+        cmd = nag_cmd("query", rss_idx, "--target-features", target_path, "--out", out, "--fraction", "0.2",
+                      "--no-progress")
+        rss, wall = peak_rss_mb(cmd)
+        print(f"(d) n={n:,}: nag query peak RSS {rss:.0f} MiB ({rss * 2**20 / n:.0f} B/doc), {wall:.2f} s wall")
+        if rss_idx != idx:
+            shutil.rmtree(rss_idx.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

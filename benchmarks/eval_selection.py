@@ -193,10 +193,12 @@ class NagVariant:
     layers: tuple[int, ...] | str | None = None
     power: float = 1.0
     contrast: bool = False
+    max_length: int | None = None  # None: the run's --max-length
     note: str = ""
 
 
-def nag_variants(num_layers: int, types_available: Sequence[str]) -> list[NagVariant]:
+def nag_variants(num_layers: int, types_available: Sequence[str],
+                 extra_max_lengths: Sequence[int] = ()) -> list[NagVariant]:
     v = [
         NagVariant("NAG (SPEC)", note="fwd_up, K=20, all layers, power 1"),
         NagVariant("NAG last layer", layers="last"),
@@ -208,7 +210,12 @@ def nag_variants(num_layers: int, types_available: Sequence[str]) -> list[NagVar
         NagVariant("NAG power 2", power=2.0),
         NagVariant("NAG contrast", contrast=True, note="pool contrast, K=20"),
         NagVariant("NAG contrast K=50", top_k=50, contrast=True),
+        NagVariant("NAG contrast layers 0-7", layers=tuple(range(8)), contrast=True),
+        NagVariant("NAG contrast K=50 layers 0-7", top_k=50, layers=tuple(range(8)), contrast=True),
     ]
+    for ml in extra_max_lengths:
+        v.append(NagVariant(f"NAG max_length {ml}", max_length=ml))
+        v.append(NagVariant(f"NAG contrast K=50 max_length {ml}", top_k=50, contrast=True, max_length=ml))
     for t in types_available:
         if t != "fwd_up":
             v.append(NagVariant(f"NAG {t}", neuron_types=(t,)))
@@ -248,10 +255,11 @@ def nag_scores(
     return total
 
 
-def nag_features(cfg, cache: Path, types: Sequence[str], texts: list[str], backbone) -> tuple[dict, float]:
+def nag_features(cfg, cache: Path, types: Sequence[str], texts: list[str], backbone,
+                 max_length: int) -> tuple[dict, float]:
     """{type: {"f": uint16 (n, L*K_type), "num_layers", "width"}} for `texts`, from the cache
     or extracted in one pass at the largest K needed; returns (features, extraction seconds)."""
-    paths = {t: cache / f"nag_{t}_K{extract_k(t)}_ml{cfg.max_length}.npz" for t in types}
+    paths = {t: cache / f"nag_{t}_K{extract_k(t)}_ml{max_length}.npz" for t in types}
     missing = [t for t in types if not paths[t].is_file()]
     if missing:
         from nagindex.extraction import extract_texts
@@ -259,7 +267,7 @@ def nag_features(cfg, cache: Path, types: Sequence[str], texts: list[str], backb
         bb = backbone()
         k = max(extract_k(t) for t in missing)
         t0 = time.perf_counter()
-        f = extract_texts(bb, texts, neuron_types=tuple(missing), top_k=k, max_length=cfg.max_length,
+        f = extract_texts(bb, texts, neuron_types=tuple(missing), top_k=k, max_length=max_length,
                           batch_size=cfg.batch_size, progress=cfg.progress)
         seconds = time.perf_counter() - t0
         cache.mkdir(parents=True, exist_ok=True)
@@ -299,6 +307,8 @@ class Config:
     methods: tuple[str, ...] = ()  # empty: all
     cache: Path = REPO / "runs" / "eval_cache"
     progress: bool = True
+    dtype: str | None = None  # backbone dtype; None: fp32 on CPU, bf16 on CUDA
+    extra_max_lengths: tuple[int, ...] = ()  # NAG rows with other extraction lengths
     extract_only: bool = False  # fill the feature cache and stop (e.g. on a GPU machine)
 
 
@@ -353,7 +363,7 @@ def run(cfg: Config) -> Results | None:
         if "bb" not in backbone_holder:
             from nagindex.backbones import load_backbone
 
-            backbone_holder["bb"] = load_backbone(None)
+            backbone_holder["bb"] = load_backbone(None, dtype=cfg.dtype)
         return backbone_holder["bb"]
 
     # Token counts of the pool with the embedded tokenizer (the budget's unit).
@@ -375,27 +385,34 @@ def run(cfg: Config) -> Results | None:
 
     # -- NAG ---------------------------------------------------------------
     types = tuple(cfg.neuron_types)
-    need_nag = any(wanted(v.name) for v in nag_variants(30, types))
-    if need_nag:
-        feats, t_extract = nag_features(cfg, cache, types, pool_texts + all_target_texts, backbone)
+    variants = [v for v in nag_variants(30, types, cfg.extra_max_lengths) if wanted(v.name)]
+    texts = pool_texts + all_target_texts
+    n_pool = len(docids)
+    for ml in sorted({v.max_length or cfg.max_length for v in variants}):
+        ml_types = types if ml == cfg.max_length else ("fwd_up",)
+        feats, t_extract = nag_features(cfg, cache, ml_types, texts, backbone, max_length=ml)
         if cfg.extract_only:
-            _log(f"features cached in {cache} ({t_extract:.0f} s)")
-            return None
+            _log(f"features (max_length {ml}) cached in {cache} ({t_extract:.0f} s)")
+            continue
         num_layers = int(feats["fwd_up"]["num_layers"])
-        widths = {t: int(feats[t]["width"]) for t in types}
-        n_pool = len(docids)
-        pool_feats = {t: feats[t]["f"][:n_pool] for t in types}
-        target_feats = [{t: feats[t]["f"][n_pool + a: n_pool + b] for t in types}
+        widths = {t: int(feats[t]["width"]) for t in ml_types}
+        pool_feats = {t: feats[t]["f"][:n_pool] for t in ml_types}
+        target_feats = [{t: feats[t]["f"][n_pool + a: n_pool + b] for t in ml_types}
                         for a, b in zip(bounds[:-1], bounds[1:])]
-        for v in nag_variants(num_layers, types):
-            if not wanted(v.name):
+        device = str(feats["fwd_up"]["device"])
+        for v in variants:
+            if (v.max_length or cfg.max_length) != ml:
                 continue
             score_all(v.name, lambda i, v=v: nag_scores(v, pool_feats, target_feats[i], num_layers, widths))
             seconds[v.name]["prepare"] = t_extract
             notes[v.name] = v.note or ""
-        notes["NAG (SPEC)"] = (f"fwd_up, K=20, all {num_layers} layers, power 1; features of "
-                               f"{', '.join(types)} extracted once (max_length {cfg.max_length}, "
-                               f"{n_pool + len(all_target_texts)} texts; extraction time shared by all NAG rows)")
+        if ml == cfg.max_length and "NAG (SPEC)" in notes:
+            notes["NAG (SPEC)"] = (
+                f"fwd_up, K=20, all {num_layers} layers, power 1; features of {', '.join(ml_types)} "
+                f"extracted in one pass ({len(texts)} texts, max_length {ml}, on {device}; "
+                f"extraction time shared by all NAG rows)")
+    if cfg.extract_only:
+        return None
 
     # -- TF-IDF --------------------------------------------------------------
     if wanted("TF-IDF"):
@@ -509,7 +526,7 @@ def markdown(res: Results) -> str:
     table(f"Precision at a budget of {cfg['budget']:.0%} of pool tokens "
           f"({min(budget_docs.values())}-{max(budget_docs.values())} documents)", res.precision_budget)
 
-    lines += ["### Wall time (seconds, 2-core CPU)", "",
+    lines += ["### Wall time (seconds)", "",
               "| method | features / vectors | scoring (all targets) | notes |", "|---|---:|---:|---|"]
     for m in res.methods:
         s = res.seconds[m]
@@ -589,6 +606,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, Path]:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--neuron-types", default="fwd_up",
                    help="neuron types to extract and compare, comma separated, or 'all' (default fwd_up)")
+    p.add_argument("--dtype", default=None, help="backbone dtype (default: fp32 on CPU, bf16 on CUDA)")
+    p.add_argument("--extra-max-lengths", default="",
+                   help="also compare NAG at these max_length values, comma separated (default none)")
     p.add_argument("--extract-only", action="store_true", help="fill the feature cache, then stop")
     p.add_argument("--targets", default="", help="target sets to use, comma separated (default all)")
     p.add_argument("--methods", default="", help="methods to run, comma separated name prefixes (default all)")
@@ -604,7 +624,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, Path]:
                  budget=a.budget, seed=a.seed, max_length=a.max_length, batch_size=a.batch_size,
                  neuron_types=types, targets=tuple(x for x in a.targets.split(",") if x),
                  methods=tuple(x for x in a.methods.split(",") if x), cache=a.cache,
-                 extract_only=a.extract_only)
+                 extract_only=a.extract_only, dtype=a.dtype,
+                 extra_max_lengths=tuple(int(x) for x in a.extra_max_lengths.split(",") if x))
     return cfg, a.out
 
 

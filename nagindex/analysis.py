@@ -473,6 +473,10 @@ def _atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        # mkstemp creates 0600; give the file the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -810,41 +814,24 @@ def target_features_for(
     progress: bool = False,
 ) -> np.ndarray:
     """The target's NAG features, from raw text files (extracted with the index's backbone)
-    or from a feature file made with the same backbone, L, K and max_length."""
-    try:  # the query module owns this; use it when it offers the function
-        from .query import target_features as _query_target_features  # type: ignore[attr-defined]
-    except ImportError:
-        _query_target_features = None
-    if _query_target_features is not None:
-        feats = _query_target_features(
-            index, list(targets), target_features=target_features, fmt=fmt, neuron_type=neuron_type,
-            batch_size=batch_size, progress=progress,
-        )
-        feats = feats[neuron_type] if isinstance(feats, dict) else feats
-    elif target_features is not None:
-        if targets:
-            raise NagError("give the target either as TARGET files or as --target-features, not both")
-        from .io import features_from_table, read_feature_files
+    or from a feature file made with the same backbone, L, K and max_length.
 
-        table, spec = read_feature_files([target_features])
-        if spec is not None:
-            index.spec.check_compatible(spec, what=f"target features {target_features}")
-        feats = features_from_table(table, [neuron_type])[neuron_type]
+    The reading itself is `nagindex.query`'s, so every command takes its
+    target exactly as `nag query` does.
+    """
+    from .query import load_feature_target, load_text_target
+
+    targets = [str(t) for t in targets]
+    if target_features is not None and targets:
+        raise NagError("give the target either as TARGET files or as --target-features, not both")
+    if target_features is not None:
+        feats = load_feature_target(index, str(target_features), neuron_type=neuron_type).features
+    elif targets:
+        feats = load_text_target(
+            index, targets, neuron_type=neuron_type, fmt=fmt, batch_size=batch_size, progress=progress
+        ).features
     else:
-        if not targets:
-            raise NagError("no target given: pass TARGET files or --target-features FILE")
-        from .extraction import extract_texts
-        from .io import read_documents
-        from .schemas import TEXT
-
-        texts = read_documents(list(targets), fmt).column(TEXT).to_pylist()
-        if not texts:
-            raise NagError("the target is empty: no document with text in " + ", ".join(map(str, targets)))
-        spec = index.spec
-        feats = extract_texts(
-            index.backbone(), texts, neuron_types=(neuron_type,), top_k=spec.top_k,
-            max_length=spec.max_length, batch_size=batch_size, progress=progress,
-        )[neuron_type]
+        raise NagError("no target given: pass TARGET files or --target-features FILE")
     feats = np.asarray(feats)
     if feats.ndim != 2 or len(feats) == 0:
         raise NagError("the target is empty: no target document has NAG features")

@@ -112,7 +112,8 @@ def _read_jsonl(path: Path) -> pa.Table:
     cols: dict[str, pa.Array] = {}
     cols[DOCID] = pa.array([None if r.get(id_key) is None else str(r[id_key]) for r in rows], pa.string())
     if text_key is not None:
-        cols[TEXT] = _array([r.get(text_key) for r in rows])
+        # A non-string text becomes null, so it is skipped (or refused) like an empty one.
+        cols[TEXT] = pa.array([v if isinstance(v := r.get(text_key), str) else None for r in rows], pa.string())
     for k in keys:
         if k in (id_key, text_key) or k in cols:
             continue

@@ -219,7 +219,7 @@ def build_profile(
 
 # -- kernel ------------------------------------------------------------------
 def _numpy_gather_sum(features, cols, table, offs, out) -> None:
-    idx = features[:, cols].astype(np.int64)
+    idx = (features if cols is None else features[:, cols]).astype(np.int64)
     idx += offs
     np.sum(np.take(table, idx), axis=1, dtype=np.int64, out=out)
 
@@ -227,14 +227,25 @@ def _numpy_gather_sum(features, cols, table, offs, out) -> None:
 try:  # numba compiles the gather-sum loop; plain numpy is the fallback.
     import numba
 
+    # One flat loop per row over (offset + neuron) lookups: with an int32
+    # table and accumulator LLVM turns it into SIMD gathers (2x the int64 speed).
     @numba.njit(nogil=True, parallel=True, cache=True)
-    def _numba_gather_sum(features, cols, table, offs, out):  # pragma: no cover - compiled
+    def _numba_gather_sum_all(features, offs, table, zero, out):  # pragma: no cover - compiled
+        n, m = features.shape
+        for i in numba.prange(n):
+            s = zero
+            for c in range(m):
+                s += table[offs[c] + np.int32(features[i, c])]
+            out[i] = s
+
+    @numba.njit(nogil=True, parallel=True, cache=True)
+    def _numba_gather_sum_cols(features, cols, offs, table, zero, out):  # pragma: no cover - compiled
         n = features.shape[0]
         m = cols.shape[0]
         for i in numba.prange(n):
-            s = 0
+            s = zero
             for c in range(m):
-                s += table[offs[c] + features[i, cols[c]]]
+                s += table[offs[c] + np.int32(features[i, cols[c]])]
             out[i] = s
 
     HAVE_NUMBA = True
@@ -243,12 +254,28 @@ except Exception:  # pragma: no cover - depends on the environment
 
 # Rows per kernel call: a block of 560 uint16 columns is ~36 MB at 32k rows.
 BLOCK_ROWS = 32768
+INT32_MAX = 2**31 - 1
 
 
 def _kernel_name() -> str:
     if HAVE_NUMBA and os.environ.get("NAGINDEX_KERNEL", "") != "numpy":
         return "numba"
     return "numpy"
+
+
+def kernel_tables(profile: Profile) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """(columns or None for all, offsets, flat weight table) for the kernel.
+
+    The table is int32 when no document can score above 2**31 - 1 (the
+    power-1 counts), so sums stay exact in an int32 accumulator; int64
+    otherwise (fixed point)."""
+    cols, offs = profile.gather_plan()
+    table = profile.weights.ravel()
+    if profile.max_score() <= INT32_MAX:
+        table = table.astype(np.int32)
+        offs = offs.astype(np.int32)
+    all_cols = len(profile.layers) == profile.num_layers
+    return (None if all_cols else cols), offs, np.ascontiguousarray(table)
 
 
 def score_features(features: np.ndarray, profile: Profile, *, kernel: str | None = None) -> np.ndarray:
@@ -258,7 +285,8 @@ def score_features(features: np.ndarray, profile: Profile, *, kernel: str | None
     it is read block by block). Returns int64 scores; divide by
     `profile.denominator` for the similarity.
     """
-    features = np.asarray(features) if not isinstance(features, np.memmap) else features
+    if not isinstance(features, np.memmap):
+        features = np.asarray(features)
     if features.ndim != 2 or features.shape[1] != profile.num_layers * profile.top_k:
         raise NagError(
             f"features have shape {features.shape}, expected (n, "
@@ -268,19 +296,22 @@ def score_features(features: np.ndarray, profile: Profile, *, kernel: str | None
     out = np.empty(n, dtype=np.int64)
     if n == 0:
         return out
-    cols, offs = profile.gather_plan()
-    table = profile.weights.ravel()
+    cols, offs, table = kernel_tables(profile)
     kernel = kernel or _kernel_name()
     if kernel == "numba" and HAVE_NUMBA:
-        if features.dtype != np.uint16:
-            features = features.astype(np.uint16)
         for start in range(0, n, BLOCK_ROWS):
-            block = np.ascontiguousarray(features[start : start + BLOCK_ROWS])
-            _numba_gather_sum(block, cols, table, offs, out[start : start + BLOCK_ROWS])
+            block = features[start : start + BLOCK_ROWS]
+            if block.dtype != np.uint16 or not block.flags.c_contiguous:
+                block = np.ascontiguousarray(block, dtype=np.uint16)
+            if cols is None:
+                _numba_gather_sum_all(block, offs, table, table.dtype.type(0), out[start : start + BLOCK_ROWS])
+            else:
+                _numba_gather_sum_cols(block, cols, offs, table, table.dtype.type(0), out[start : start + BLOCK_ROWS])
     else:
         step = 4096
+        offs64 = offs.astype(np.int64)
         for start in range(0, n, step):
-            _numpy_gather_sum(features[start : start + step], cols, table, offs, out[start : start + step])
+            _numpy_gather_sum(features[start : start + step], cols, table, offs64, out[start : start + step])
     return out
 
 

@@ -501,11 +501,55 @@ class Index:
                 result = self._append_batches(manifest, batches, replace, tokens, bar)
         return result
 
+    def append_batches(
+        self,
+        batches: Iterable[tuple[pa.Table, dict[str, np.ndarray]]],
+        *,
+        replace: bool = False,
+        progress: bool = True,
+        total: int | None = None,
+    ) -> AppendResult:
+        """Add a stream of (documents table, {type: uint16 (n, L*K)}) batches as one commit.
+
+        For engines that compute features elsewhere (e.g. Ray): each batch is
+        validated like `append(documents=..., feature_arrays=...)`; docids must
+        be unique across the whole stream.
+        """
+        spec = self.spec
+
+        def checked():
+            seen: pa.Array | None = None
+            for i, (docs, feats) in enumerate(batches):
+                docs = ingest.normalize_documents(docs, f"batch {i}")
+                ids = docs.column(DOCID).combine_chunks()
+                ingest.check_unique(ids, f"batch {i}")
+                if seen is not None and pc.any(pc.is_in(ids, value_set=seen)).as_py():
+                    raise NagError(f"batch {i}: a docid of an earlier batch occurs again")
+                seen = ids if seen is None else pa.concat_arrays([seen, ids])
+                yield docs, ingest.check_features(feats, spec, docs.num_rows, f"batch {i}")
+
+        with self._writing("appending to") as manifest:
+            if manifest.generation != self.manifest.generation:
+                self._load(manifest)
+            with _progress(total, progress, "indexing") as bar:
+                return self._append_batches(manifest, checked(), replace, self._token_counter(None), bar)
+
     def _token_counter(self, model: Any) -> Callable[[list[str]], np.ndarray]:
+        """Counts tokens of documents that come without token_num, with the model at hand."""
+
         def count(texts: list[str]) -> np.ndarray:
             from .extraction import count_tokens
 
-            backbone = model if model is not None else self.backbone()
+            if model is not None:
+                backbone = model
+            else:
+                try:
+                    backbone = self.backbone()
+                except NagError:
+                    raise NagError(
+                        f"{len(texts)} documents have no token_num, and the index's backbone {self.spec.backbone} "
+                        "cannot be loaded to count their tokens; add a token_num column or pass --model"
+                    ) from None
             return count_tokens(backbone.tokenizer, texts)
 
         return count

@@ -402,6 +402,36 @@ def test_no_write_permission(filled):
     assert snapshot(filled.path) == before
 
 
+def test_permission_error_while_writing(filled, monkeypatch):
+    """What a read-only file system or a foreign-owned directory raises mid-append."""
+    import nagindex.segment as segment
+
+    before = snapshot(filled.path)
+
+    def denied(f, array):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(segment, "_write_array", denied)
+    with pytest.raises(NagError, match="no permission"):
+        filled.append(documents=docs_table(["z"]), feature_arrays={"fwd_up": np.zeros((1, L * K), np.uint16)}, progress=False)
+    assert snapshot(filled.path) == before
+
+
+def test_append_batches_stream(tmp_path):
+    rng = np.random.default_rng(18)
+    index = small_index(tmp_path / "idx")
+    feats = random_features(rng, 9)
+    stream = [(docs_table([f"s{i}" for i in range(j, j + 3)]), {"fwd_up": feats[j : j + 3]}) for j in (0, 3, 6)]
+    r = index.append_batches(iter(stream), progress=False)
+    assert r.added == 9 and index.docids().to_pylist() == [f"s{i}" for i in range(9)]
+    np.testing.assert_array_equal(index.features("fwd_up"), feats)
+    before = snapshot(index.path)
+    repeated = [(docs_table(["t1", "t2"]), {"fwd_up": feats[:2]}), (docs_table(["t2"]), {"fwd_up": feats[:1]})]
+    with pytest.raises(NagError, match="earlier batch"):
+        index.append_batches(iter(repeated), progress=False)
+    assert snapshot(index.path) == before
+
+
 @pytest.mark.parametrize("fail_after", [0, 3])
 def test_disk_full_while_appending(filled, monkeypatch, fail_after):
     """ENOSPC from the segment writer (first write, or after some batches reached Lance)."""

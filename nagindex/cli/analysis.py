@@ -278,9 +278,12 @@ def explain_cmd(
 ) -> None:
     """Why a document scored as it did: per-layer contribution, shared neurons, neighbours."""
     with _user_errors():
+        from .. import analysis
         from ..analysis import explain
 
         index = _open_index(index_dir)
+        # Fail on a wrong docid before spending time on the target's extraction.
+        analysis.pool_view(index, neuron_type, labels=False).row_of(docid)
         feats = _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress)
         ex = explain(index, docid, feats, neuron_type=neuron_type, power=power, fraction=fraction, neighbours=neighbours)
         typer.echo(json.dumps(ex, indent=1) if as_json else format_explanation(ex))

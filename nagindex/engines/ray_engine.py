@@ -145,12 +145,18 @@ class BackboneSource:
         return load_backbone(self.model, device=device, dtype=self.dtype)
 
 
+FEATURE_PREFIX = "_nag_feature_"
+
+
 class FeatureExtractor:
     """Ray Data callable class: one backbone per actor, features for each block.
 
-    Takes an Arrow batch with the text column and `ROW`; returns `ROW` plus one
-    ``(n, L*K)`` uint16 column per neuron type, computed by the local engine's
-    `extract_texts` (so both engines run the same code on each document).
+    Takes an Arrow batch of documents (text column, `ROW`, any payload) and
+    returns it with one fixed-size-list uint16 column per neuron type,
+    computed by the local engine's `extract_texts` (so both engines run the
+    same code on each document), and `token_num` filled where it was missing
+    (counted with the backbone's tokenizer, so the driver needs no model).
+    The actor checks that its backbone makes features of the index's `spec`.
     """
 
     def __init__(
@@ -159,6 +165,7 @@ class FeatureExtractor:
         *,
         device: str | None,
         threads: int,
+        spec_json: str | None,
         neuron_types: Sequence[str],
         top_k: int,
         max_length: int,
@@ -170,191 +177,452 @@ class FeatureExtractor:
 
             # Ray pins OMP_NUM_THREADS to the actor's CPUs; say it to torch too.
             torch.set_num_threads(max(1, int(threads)))
+        from ..extraction import feature_spec
+        from ..schemas import FeatureSpec
+
         self.backbone = source.load(device)
-        self.neuron_types = tuple(neuron_types)
-        self.top_k = int(top_k)
-        self.max_length = int(max_length)
+        mine = feature_spec(self.backbone, neuron_types, top_k, max_length)
+        if spec_json is not None:
+            FeatureSpec.from_json(spec_json).check_compatible(mine, what="the model's features")
+        self.spec = mine
         self.batch_size = int(batch_size)
         self.text_column = text_column
 
-    def __call__(self, batch) -> dict[str, np.ndarray]:
-        from ..extraction import extract_texts
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        from .. import ingest
+        from ..extraction import count_tokens, extract_texts
+        from ..schemas import TOKEN_NUM
 
         texts = batch.column(self.text_column).to_pylist()
+        spec = self.spec
         feats = extract_texts(
             self.backbone,
-            texts,
-            neuron_types=self.neuron_types,
-            top_k=self.top_k,
-            max_length=self.max_length,
+            ["" if t is None else t for t in texts],
+            neuron_types=spec.neuron_types,
+            top_k=spec.top_k,
+            max_length=spec.max_length,
             batch_size=self.batch_size,
         )
-        out = {ROW: batch.column(ROW).to_numpy()}
-        for t in self.neuron_types:
-            out[t] = np.ascontiguousarray(feats[t], dtype=np.uint16)
-        return out
+        if TOKEN_NUM in batch.column_names:
+            tokenizer = self.backbone.tokenizer
+            batch = ingest.fill_token_num(batch, lambda ts: count_tokens(tokenizer, ts), "documents")
+        for t in spec.neuron_types:
+            flat = pa.array(np.ascontiguousarray(feats[t], dtype=np.uint16).reshape(-1))
+            batch = batch.append_column(
+                FEATURE_PREFIX + t, pa.FixedSizeListArray.from_arrays(flat, spec.feature_length)
+            )
+        return batch
 
 
-def scatter_rows(n: int, batches: Iterable[dict[str, np.ndarray]], neuron_types: Sequence[str]):
-    """Put streamed result batches back in input order; check every row came back once.
+def split_features(table, neuron_types: Sequence[str]):
+    """(documents without the feature columns, {type: uint16 (n, L*K)}) of an extractor output."""
+    feats = {}
+    for t in neuron_types:
+        col = table.column(FEATURE_PREFIX + t).combine_chunks()
+        width = col.type.list_size
+        feats[t] = col.flatten().to_numpy(zero_copy_only=False).astype(np.uint16, copy=False).reshape(-1, width)
+    drop = [FEATURE_PREFIX + t for t in neuron_types]
+    return table.drop_columns(drop), feats
 
-    Pure: `batches` are dicts with `ROW` and one 2-D array per neuron type.
+
+def unwrap_user_error(exc: BaseException) -> BaseException:
+    """The NagError behind a Ray task/actor failure, if there is one, else `exc`.
+
+    Ray wraps what a worker raised (RayTaskError, UserCodeException); users
+    should see the same one-line error as with the local engine.
     """
-    out: dict[str, np.ndarray] = {}
-    seen = np.zeros(n, dtype=bool)
-    for batch in batches:
-        rows = np.asarray(batch[ROW], dtype=np.int64)
-        if rows.size == 0:
+    seen = set()
+    stack = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
             continue
-        if seen[rows].any():
-            raise RuntimeError("ray extraction returned a row twice")
-        seen[rows] = True
-        for t in neuron_types:
-            block = np.asarray(batch[t])
-            if block.dtype == object:  # ragged fallback: a column of 1-D arrays
-                block = np.stack(list(block))
-            if t not in out:
-                out[t] = np.zeros((n, block.shape[1]), dtype=np.uint16)
-            out[t][rows] = block
-    if not seen.all():
-        raise RuntimeError(f"ray extraction lost {int((~seen).sum())} of {n} rows")
-    if n == 0:
-        return {t: np.zeros((0, 0), dtype=np.uint16) for t in neuron_types}
-    return out
+        seen.add(id(e))
+        if isinstance(e, NagError):
+            return NagError(e.message)
+        stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    # An actor that fails in __init__ reaches the driver as ActorDiedError,
+    # which keeps the worker's traceback only as text.
+    marker = "nagindex.errors.NagError: "
+    text = str(exc)
+    if marker in text:
+        return NagError(text.rsplit(marker, 1)[1].splitlines()[0].strip())
+    return exc
 
 
-def extract_features(
-    texts: Sequence[str] | Any,
+def extract_batches(
+    documents: Iterable[Any],
     *,
     model: Any = None,
-    backbone: Any = None,
+    spec: Any = None,
+    neuron_types: Sequence[str] | None = None,
+    top_k: int | None = None,
+    max_length: int | None = None,
     dtype: Any = None,
-    neuron_types: Sequence[str] = ("fwd_up",),
-    top_k: int = 20,
-    max_length: int = 120,
     batch_size: int = 32,
+    text_column: str = "doc",
     workers: int | None = None,
     use_gpus: bool | None = None,
-    rows_per_block: int | None = None,
     address: str | None = None,
-    progress: bool = True,
-) -> dict[str, np.ndarray]:
-    """NAG features of `texts` computed on a Ray cluster; same values as `extract_texts`.
+):
+    """Stream document tables through Ray extraction actors; yield (documents, features) in input order.
 
-    `texts`: a sequence of strings (or an Arrow string array / chunked array).
-    `model` (a name or path for `load_backbone`, loaded in each actor) or
-    `backbone` (a loaded Backbone, shipped to the actors). Where the cluster
-    has GPUs, one actor per GPU (``num_gpus=1``); otherwise CPU actors
-    (`plan_workers`). Returns ``{neuron_type: uint16 (n, L*K)}`` in the order
-    of `texts`. Nothing is written: the caller commits the features once.
+    The drop-in for the local engine's per-batch extraction in
+    `Index.append`: same input (Arrow tables with the text column), same
+    output (each table with ``{type: uint16 (n, L*K)}``), one actor pool for
+    the whole stream (the model loads once per actor). The store then commits
+    everything with its single manifest write, as with the local engine.
+    `model`: a name/path for `load_backbone` (loaded in each actor) or a
+    loaded Backbone (shipped to the actors). `spec`: the index's FeatureSpec;
+    the actors refuse a model whose features would not match it.
     """
     import pyarrow as pa
 
     ray = connect(address)
     import ray.data
 
-    if isinstance(texts, (pa.Array, pa.ChunkedArray)):
-        texts = texts.to_pylist()
-    texts = list(texts)
-    n = len(texts)
-    neuron_types = tuple(neuron_types)
-    if n == 0:
-        return {t: np.zeros((0, 0), dtype=np.uint16) for t in neuron_types}
-    if model is None and backbone is None:
-        source = BackboneSource(None, dtype=dtype)  # the embedded default model
-    else:
-        source = BackboneSource(model, backbone=backbone, dtype=dtype)
+    if spec is not None:
+        neuron_types, top_k, max_length = spec.neuron_types, spec.top_k, spec.max_length
+    neuron_types = tuple(neuron_types or ("fwd_up",))
+    top_k = 20 if top_k is None else int(top_k)
+    max_length = 120 if max_length is None else int(max_length)
+    source = BackboneSource(model, dtype=dtype) if not _is_backbone(model) else BackboneSource(backbone=model)
     plan = plan_workers(cluster_gpus(), cluster_cpus(), workers=workers, use_gpus=use_gpus)
-    # Blocks big enough for the extractor's length bucketing, small enough
-    # that every actor gets several (load balance, progress).
-    if rows_per_block is None:
-        rows_per_block = max(batch_size, min(batch_size * 16, math.ceil(n / (4 * plan.workers))))
-    table = pa.table({ROW: pa.array(np.arange(n, dtype=np.int64)), "text": pa.array(texts, pa.string())})
-    # The driver cuts the blocks itself: no shuffle stage that would need
-    # CPUs while the actor pool holds them.
-    blocks = [table.slice(i, rows_per_block) for i in range(0, n, rows_per_block)]
-    ds = ray.data.from_arrow(blocks).map_batches(
+
+    # The driver hands each table to the object store (Ray spills it to disk
+    # when memory runs short) and keeps only references.
+    refs, n = [], 0
+    for table in documents:
+        if table.num_rows == 0:
+            continue
+        if text_column not in table.column_names:
+            raise NagError(f"documents have no {text_column!r} text column to extract features from")
+        rows = pa.array(np.arange(n, n + table.num_rows, dtype=np.int64))
+        refs.append(ray.put(table.append_column(ROW, rows)))
+        n += table.num_rows
+    if not refs:
+        return
+    ctx = ray.data.DataContext.get_current()
+    ds = ray.data.from_arrow_refs(refs).map_batches(
         FeatureExtractor,
         fn_constructor_kwargs=dict(
             source=source,
             device=plan.device,
             threads=int(plan.cpus_per_worker),
+            spec_json=None if spec is None else spec.to_json(),
             neuron_types=neuron_types,
             top_k=top_k,
             max_length=max_length,
             batch_size=batch_size,
-            text_column="text",
+            text_column=text_column,
         ),
-        batch_size=rows_per_block,
+        batch_size=None,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=plan.workers),
         num_gpus=plan.gpus_per_worker or None,
         num_cpus=plan.cpus_per_worker,
     )
-    batches = ds.iter_batches(batch_format="numpy", batch_size=None)
-    if progress:
-        from tqdm.auto import tqdm
+    # Blocks come back in input order, so the index's rows are in the same
+    # order as with the local engine; ROW checks it.
+    old = ctx.execution_options.preserve_order
+    ctx.execution_options.preserve_order = True
+    expected = 0
+    try:
+        for out in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            if out.num_rows == 0:
+                continue
+            rows = out.column(ROW).to_numpy()
+            if rows[0] != expected or not np.array_equal(rows, np.arange(expected, expected + len(rows))):
+                raise RuntimeError("ray extraction returned rows out of order")
+            expected += len(rows)
+            docs, feats = split_features(out.drop_columns([ROW]), neuron_types)
+            if spec is not None:
+                from .. import ingest
 
-        batches = _counting(batches, tqdm(total=n, desc="extract (ray)", unit="doc"))
-    return scatter_rows(n, batches, neuron_types)
+                feats = ingest.check_features(feats, spec, docs.num_rows, "extracted features")
+            yield docs, feats
+    except Exception as exc:
+        err = unwrap_user_error(exc)
+        if err is exc:
+            raise
+        raise err from None
+    finally:
+        ctx.execution_options.preserve_order = old
+    if expected != n:
+        raise RuntimeError(f"ray extraction returned {expected} of {n} rows")
 
 
-def _counting(batches, bar):
-    with bar:
-        for b in batches:
-            bar.update(len(b[ROW]))
-            yield b
+def _is_backbone(model: Any) -> bool:
+    from ..backbones import Backbone
+
+    return isinstance(model, Backbone)
+
+
+def extract_features(
+    texts: Sequence[str] | Any,
+    *,
+    model: Any = None,
+    dtype: Any = None,
+    neuron_types: Sequence[str] = ("fwd_up",),
+    top_k: int = 20,
+    max_length: int = 120,
+    batch_size: int = 32,
+    rows_per_block: int | None = None,
+    workers: int | None = None,
+    use_gpus: bool | None = None,
+    address: str | None = None,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """NAG features of `texts` computed on a Ray cluster; the same values as `extract_texts`.
+
+    `model`: a name/path (loaded in each actor) or a loaded Backbone; None is
+    the embedded default. Where the cluster has GPUs: one actor per GPU
+    (``num_gpus=1``); otherwise CPU actors (`plan_workers`). Returns
+    ``{neuron_type: uint16 (n, L*K)}`` in the order of `texts`; writes nothing.
+    """
+    import pyarrow as pa
+
+    if isinstance(texts, (pa.Array, pa.ChunkedArray)):
+        texts = texts.to_pylist()
+    texts = list(texts)
+    n = len(texts)
+    neuron_types = tuple(neuron_types)
+    # Blocks: big enough for length bucketing, several per actor (balance).
+    if rows_per_block is None:
+        rows_per_block = max(batch_size, min(batch_size * 64, math.ceil(n / 8) or 1))
+    table = pa.table({"doc": pa.array(texts, pa.string())})
+    blocks = (table.slice(i, rows_per_block) for i in range(0, n, rows_per_block))
+    parts: dict[str, list[np.ndarray]] = {t: [] for t in neuron_types}
+    stream = extract_batches(
+        blocks, model=model, dtype=dtype, neuron_types=neuron_types, top_k=top_k, max_length=max_length,
+        batch_size=batch_size, workers=workers, use_gpus=use_gpus, address=address,
+    )
+    from tqdm.auto import tqdm
+
+    with tqdm(total=n, unit="doc", desc="extract (ray)", disable=not progress) as bar:
+        for docs, feats in stream:
+            for t in neuron_types:
+                parts[t].append(feats[t])
+            bar.update(docs.num_rows)
+    if n == 0:
+        return {t: np.zeros((0, 0), dtype=np.uint16) for t in neuron_types}
+    return {t: np.concatenate(parts[t]) for t in neuron_types}
+
+
+def remote_feature_spec(
+    model: Any = None, *, neuron_types: Sequence[str] = ("fwd_up",), top_k: int = 20,
+    max_length: int = 120, address: str | None = None,
+):
+    """The FeatureSpec that `model` makes, computed on the cluster (the driver loads no model).
+
+    For `Index.build` with the ray engine: the index needs its spec before
+    the first append. Loads the model on a CPU worker (the weights hash does
+    not depend on device or dtype).
+    """
+    ray = connect(address)
+    from ..schemas import FeatureSpec
+
+    if _is_backbone(model):
+        from ..extraction import feature_spec
+
+        return feature_spec(model, neuron_types, top_k, max_length)
+
+    @ray.remote(num_cpus=1, num_gpus=0)
+    def _spec(model_name, types, k, length):
+        from ..backbones import load_backbone
+        from ..extraction import feature_spec
+
+        return feature_spec(load_backbone(model_name, device="cpu"), types, k, length).to_json()
+
+    try:
+        text = ray.get(_spec.remote(None if model is None else str(model), tuple(neuron_types), int(top_k), int(max_length)))
+    except Exception as exc:
+        err = unwrap_user_error(exc)
+        if err is exc:
+            raise
+        raise err from None
+    return FeatureSpec.from_json(text)
 
 
 # ---------------------------------------------------------------------------
-# Ranking: pure functions for the exact distributed top-N / token budget
+# Ranking: per-block candidates (pure) and the distributed scan
 # ---------------------------------------------------------------------------
 
 
-def exact_order(scores: np.ndarray, docids: np.ndarray) -> np.ndarray:
-    """Positions sorted by (score descending, docid ascending): SPEC 3's order.
+def _through_tie_group(sorted_scores: np.ndarray, count: int) -> int:
+    """Extend a prefix of length `count` (of scores sorted descending) to the end of its last tie group."""
+    if count <= 0:
+        return 0
+    last = sorted_scores[count - 1]
+    # sorted descending: rows with score >= last form the extended prefix
+    return int(np.searchsorted(-sorted_scores, -last, side="right"))
 
-    Integer scores, so equal scores are exactly equal and the docid decides.
-    Docids compare as Python strings (code point order, which is also UTF-8
-    byte order), the same as the local engine.
+
+def block_candidates(
+    scores: np.ndarray, token_num: np.ndarray, *, top: int | None = None, budget: int | None = None
+) -> np.ndarray:
+    """Positions in one block that may belong to the global answer (a superset of it).
+
+    Pure; needs no docids. The global order is (score descending, docid
+    ascending).
+
+    - `top` N: a row in the global top N is in its own block's top N, so
+      the block's N best rows by score, extended through the last tie group
+      (whose docid order is decided later, globally), are enough.
+    - token `budget`: the global answer is the ranked prefix up to, not
+      including, the first row that does not fit. Each row ranked ahead of a
+      row of the answer is in the answer, so within its own block the tokens
+      ahead of it are at most the budget. The block therefore returns every
+      row whose block-order tokens-ahead are <= budget (its prefix plus its
+      first row that does not fit, which the global cut may need to see),
+      extended through the last tie group. A negative token_num breaks that
+      argument: then the whole block is returned (still exact, just larger).
+    - neither: every row (the quality combination normalises over all rows).
     """
     scores = np.asarray(scores, dtype=np.int64)
-    keys = np.asarray(docids).astype(str)
-    if len(scores) == 0:
-        return np.zeros(0, dtype=np.int64)
-    # lexsort: last key is primary. -score is safe: scores are >= 0.
-    return np.lexsort((keys, -scores)).astype(np.int64)
+    n = len(scores)
+    if n == 0 or (top is None and budget is None):
+        return np.arange(n, dtype=np.int64)
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores = scores[order]
+    if top is not None:
+        keep = _through_tie_group(sorted_scores, min(int(top), n))
+    else:
+        tok = np.asarray(token_num, dtype=np.int64)[order]
+        if (tok < 0).any():
+            return np.arange(n, dtype=np.int64)
+        ahead = np.cumsum(tok) - tok
+        keep = _through_tie_group(sorted_scores, int(np.searchsorted(ahead, budget, side="right")))
+    return np.sort(order[:keep])
 
 
-def budget_candidates(order: np.ndarray, token_num: np.ndarray, budget: int) -> np.ndarray:
-    """The rows of one block (in `order`) that can be in the global budget prefix.
+def lance_uri(index) -> str:
+    """The Lance dataset of the index's documents (the table its manifest pins)."""
+    from pathlib import Path
 
-    A row is selected globally only if every row ranked ahead of it is, so
-    the tokens of the rows ahead of it *in its own block* are at most the
-    budget: each block's own prefix with cumulative tokens <= budget holds
-    every row of that block the global selection can take. The block's first
-    row is always kept (the global "keep the first row" rule may need it).
-    With a negative token_num the prefix argument fails, so the whole block
-    is returned (still exact, just larger).
+    path = Path(index.path) / f"{index.manifest.lance_table}.lance"
+    if not path.is_dir():
+        raise NagError(f"index {index.path} is damaged: its Lance table {path.name} is missing")
+    return str(path)
+
+
+class _BlockScorer:
+    """Ray Data function: one block of Lance rows -> its candidates for every profile."""
+
+    def __init__(self, profiles, tops, budgets, dead: np.ndarray, feature_col: str, row_col: str, token_col: str):
+        self.profiles, self.tops, self.budgets = profiles, tops, budgets
+        self.dead = dead
+        self.feature_col, self.row_col, self.token_col = feature_col, row_col, token_col
+
+    def __call__(self, batch) -> dict[str, np.ndarray]:
+        import pyarrow.compute as pc
+
+        from .. import scoring
+
+        rows = batch.column(self.row_col).to_numpy()
+        live = ~np.isin(rows, self.dead) if len(self.dead) else np.ones(len(rows), dtype=bool)
+        col = batch.column(self.feature_col).combine_chunks()
+        feats = col.flatten().to_numpy(zero_copy_only=False).reshape(len(rows), col.type.list_size)
+        tokens = pc.fill_null(batch.column(self.token_col), 0).to_numpy().astype(np.int64)
+        rows, feats, tokens = rows[live], feats[live], tokens[live]
+        out_p, out_r, out_s = [], [], []
+        for i, profile in enumerate(self.profiles):
+            scores = scoring.score_features(feats, profile)
+            keep = block_candidates(scores, tokens, top=self.tops[i], budget=self.budgets[i])
+            out_p.append(np.full(len(keep), i, dtype=np.int32))
+            out_r.append(rows[keep])
+            out_s.append(scores[keep])
+        return {
+            "profile": np.concatenate(out_p) if out_p else np.zeros(0, np.int32),
+            "row": np.concatenate(out_r) if out_r else np.zeros(0, np.int64),
+            "score": np.concatenate(out_s) if out_s else np.zeros(0, np.int64),
+        }
+
+
+@dataclass
+class Candidates:
+    """Rows that provably hold one target's exact answer, with their exact scores.
+
+    Same shape as the local engine's inverted-list result (`query.InvertedResult`):
+    `rows` sorted ascending (global rows), `scores` int64, `stats` for explain.
     """
-    tok = np.nan_to_num(np.asarray(token_num, dtype=np.float64), nan=0.0)[order]
-    if len(order) == 0:
-        return order
-    if (tok < 0).any():
-        return order
-    cum = np.cumsum(tok)
-    keep = max(1, int(np.searchsorted(cum, budget, side="right")))
-    return order[:keep]
+
+    rows: np.ndarray
+    scores: np.ndarray
+    stats: dict
 
 
-def token_budget(total_tokens: int, fraction: float) -> int:
-    """SPEC 3: budget = floor(T * fraction)."""
-    return int(math.floor(total_tokens * fraction))
+def scan_candidates(
+    index,
+    profiles: Sequence[Any],
+    neuron_type: str,
+    *,
+    tops: Sequence[int | None] | None = None,
+    budgets: Sequence[int | None] | None = None,
+    blocks: int | None = None,
+    address: str | None = None,
+) -> list[Candidates]:
+    """Score the index on the cluster; return each profile's candidate rows and exact scores.
 
+    A Ray Data scan of the index's Lance table at the version its manifest
+    pins (``ray.data.read_lance``): every block is scored for all profiles in
+    one read with `scoring.score_features` and keeps only `block_candidates`.
+    `tops[i]` / `budgets[i]` (a token budget, floor(T * fraction) over the
+    live pool) say what target i selects; both None keeps every live row.
+    Feed the result to the local engine's selection (`selection.top_selection`
+    / `budget_selection` with the pool's total tokens): the docid tie-break
+    and the cut happen there, over a superset of the answer, so the selection
+    is exactly the local engine's.
+    """
+    from ..schemas import ROW as ROW_COL, TOKEN_NUM, feature_column
 
-def select_prefix(order_tokens: np.ndarray, budget: int) -> int:
-    """How many rows of a globally ordered list the token budget keeps (at least one)."""
-    if len(order_tokens) == 0:
-        return 0
-    cum = np.cumsum(order_tokens)
-    return max(1, int(np.searchsorted(cum, budget, side="right")))
+    m = len(profiles)
+    tops = list(tops) if tops is not None else [None] * m
+    budgets = list(budgets) if budgets is not None else [None] * m
+    if len(tops) != m or len(budgets) != m:
+        raise ValueError("tops and budgets need one entry per profile")
+    index.spec.width(neuron_type)
+    empty = [Candidates(np.zeros(0, np.int64), np.zeros(0, np.int64), {"blocks": 0}) for _ in range(m)]
+    if index.num_rows == 0 or index.manifest.lance_version is None or m == 0:
+        return empty
+    ray = connect(address)
+    import ray.data
+
+    mask = index.live_mask()
+    dead = np.zeros(0, np.int64) if mask is None else np.flatnonzero(~mask).astype(np.int64)
+    if blocks is None:
+        # a few blocks per core; each at most ~64k rows (~70 MB of L*K=560 features)
+        blocks = max(cluster_cpus() * 2, math.ceil(index.num_rows / 65536))
+    ds = ray.data.read_lance(
+        lance_uri(index),
+        version=index.manifest.lance_version,
+        columns=[ROW_COL, feature_column(neuron_type), TOKEN_NUM],
+        override_num_blocks=int(blocks),
+    )
+    scorer = _BlockScorer(list(profiles), tops, budgets, dead, feature_column(neuron_type), ROW_COL, TOKEN_NUM)
+    ds = ds.map_batches(scorer, batch_format="pyarrow", batch_size=None)
+    parts_p, parts_r, parts_s = [], [], []
+    n_blocks = 0
+    try:
+        for out in ds.iter_batches(batch_format="numpy", batch_size=None):
+            n_blocks += 1
+            parts_p.append(out["profile"])
+            parts_r.append(out["row"])
+            parts_s.append(out["score"])
+    except Exception as exc:
+        err = unwrap_user_error(exc)
+        if err is exc:
+            raise
+        raise err from None
+    which = np.concatenate(parts_p) if parts_p else np.zeros(0, np.int32)
+    rows = np.concatenate(parts_r) if parts_r else np.zeros(0, np.int64)
+    scores = np.concatenate(parts_s) if parts_s else np.zeros(0, np.int64)
+    result = []
+    for i in range(m):
+        sel = which == i
+        r, s = rows[sel].astype(np.int64), scores[sel].astype(np.int64)
+        order = np.argsort(r, kind="stable")
+        result.append(Candidates(r[order], s[order], {"engine": "ray", "blocks": n_blocks, "candidates": int(len(r))}))
+    return result
