@@ -2,15 +2,20 @@
 
 Anything raised as `NagError` is a problem with the user's input or
 environment (bad file, incompatible index, ...), never a bug. It subclasses
-`click.ClickException` so that every `nag` command, however it is invoked,
-prints it as a single ``Error: ...`` line and exits with code 2, while the
-Python API raises it like any other exception.
+the click exception class that typer handles, so that every `nag` command,
+however it is invoked, prints it as a single ``Error: ...`` line and exits
+with code 2, while the Python API raises it like any other exception.
 """
 
-import click
+import typer
+
+# Recent typer versions vendor click; take the ClickException class that typer
+# itself catches (the base of its public BadParameter), not the standalone
+# click package's, or the CLI would show a traceback and exit 1.
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
-class NagError(click.ClickException):
+class NagError(_ClickException):
     """A user-facing error: bad input, incompatible data, unusable path."""
 
     exit_code = 2
