@@ -3,10 +3,11 @@
 The reference does what the upstream research code does: the full causal-LM
 forward WITH the LM head, eager attention, hooks for all six neuron types on
 every layer (the up projection computed a second time from the MLP input),
-batches in input order padded to their longest document, impacts computed
-from the kept projection outputs after the forward. nagindex computes only the
-requested types (default fwd_up) with sdpa attention, no LM head, length-sorted
-batches and top-K inside the hooks.
+batches in input order left-padded to their longest document, impacts
+computed from the kept projection outputs after the forward. nagindex computes
+only the requested types (default fwd_up) with sdpa attention, no LM head,
+length-sorted right-padded batches under the causal mask alone, and top-K
+inside the hooks, stopping after the last layer's up projection.
 
 Both run in this process on the same model, the same documents (a fixed-seed
 sample of ../shared/eval/pool.jsonl.gz), the same K and max_length. Prints
@@ -200,9 +201,11 @@ def main(argv=None) -> int:
         model.set_attn_implementation("sdpa")
         return extract_texts(bb, chunk, neuron_types=types, **kw)
 
-    # Warm up both paths (allocator, kernels).
-    run_reference(texts[: args.batch_size])
-    run_nagindex(texts[: args.batch_size])
+    # Warm up both paths (allocator, kernels, and on a GPU the kernels of every
+    # sequence length that length-sorted batches meet).
+    warm = texts[: args.batch_size * (4 if bb.device.type == "cuda" else 1)]
+    run_reference(warm)
+    run_nagindex(warm)
 
     # Interleave the two in rounds, so that a change in machine load (other
     # jobs, clocks) falls on both alike.

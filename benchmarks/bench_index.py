@@ -70,12 +70,18 @@ def layer_popularity() -> np.ndarray:
 
 
 def write_synthetic(directory: Path, name: str, start: int, n: int) -> tuple[Path, Path]:
-    """Pool parquet + nagindex feature parquet for docs start..start+n, written in chunks."""
+    """Pool parquet + nagindex feature parquet for docs start..start+n, written in chunks.
+
+    Files already in `directory` with the right row count are reused (same seed, same data).
+    """
     from nagindex.schemas import features_schema
 
     spec = bench_spec()
     popularity = layer_popularity()
     pool_path, feat_path = directory / f"{name}.pool.parquet", directory / f"{name}.features.parquet"
+    if pool_path.exists() and feat_path.exists():
+        if pq.ParquetFile(pool_path).metadata.num_rows == n == pq.ParquetFile(feat_path).metadata.num_rows:
+            return pool_path, feat_path
     pool_schema = pa.schema([("docid", pa.string()), ("token_num", pa.int64()), ("dataset", pa.string())])
     with pq.ParquetWriter(pool_path, pool_schema) as pool_w, pq.ParquetWriter(feat_path, features_schema(spec)) as feat_w:
         for lo in range(start, start + n, CHUNK):
@@ -110,6 +116,38 @@ def sizes(index_dir: Path) -> dict:
 # -- worker: one timed operation in its own process (for peak RSS) -------------------------
 
 
+class MemorySampler:
+    """Peak resident memory of this process, split into anonymous (heap) and file-backed
+    (mapped index files, reclaimable page cache) parts, sampled every 50 ms."""
+
+    def __init__(self):
+        import threading
+
+        self.peak = {"RssAnon": 0, "RssFile": 0, "VmRSS": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self):
+        with open("/proc/self/status") as f:
+            for line in f:
+                key = line.split(":")[0]
+                if key in self.peak:
+                    self.peak[key] = max(self.peak[key], int(line.split()[1]) // 1024)
+
+    def _run(self):
+        while not self._stop.wait(0.05):
+            self._sample()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
 def worker(args: list[str]) -> None:
     import faiss  # noqa: F401  (imported before the clock starts: process start-up is not indexing)
     import lancedb  # noqa: F401
@@ -120,14 +158,18 @@ def worker(args: list[str]) -> None:
     files = [Path(p) for p in rest]
     pools, feats = files[: len(files) // 2], files[len(files) // 2 :]
     started = time.perf_counter()
-    if op == "build":
-        index = Index.build(index_dir, pools, features=feats, progress=False)
-    else:
-        index = Index.open(index_dir)
-        index.append(pools, features=feats, progress=False)
+    with MemorySampler() as memory:
+        if op == "build":
+            index = Index.build(index_dir, pools, features=feats, progress=False)
+        else:
+            index = Index.open(index_dir)
+            index.append(pools, features=feats, progress=False)
     seconds = time.perf_counter() - started
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"op": op, "seconds": seconds, "peak_rss_mb": peak_kb / 1024, "documents": index.num_documents}))
+    print(json.dumps({
+        "op": op, "seconds": seconds, "peak_rss_mb": peak_kb / 1024, "peak_anon_mb": memory.peak["RssAnon"],
+        "peak_file_mb": memory.peak["RssFile"], "documents": index.num_documents,
+    }))
 
 
 def run_worker(op: str, index_dir: Path, pools: list[Path], feats: list[Path]) -> dict:
@@ -164,7 +206,7 @@ def main() -> None:
         build = run_worker("build", work / "idx", [base_pool], [base_feat])
         report["build"] = build | {"docs_per_s": n / build["seconds"]}
         report["size_base"] = sizes(work / "idx")
-        print(f"build {n}: {build['seconds']:.1f}s, {n / build['seconds']:,.0f} docs/s, peak RSS {build['peak_rss_mb']:.0f} MiB", flush=True)
+        print(f"build {n}: {build['seconds']:.1f}s, {n / build['seconds']:,.0f} docs/s, peak RSS {build['peak_rss_mb']:.0f} MiB (anonymous {build['peak_anon_mb']} MiB)", flush=True)
         append = run_worker("append", work / "idx", [delta_pool], [delta_feat])
         report["append"] = append
         print(f"append +{delta}: {append['seconds']:.1f}s", flush=True)
@@ -181,8 +223,8 @@ def main() -> None:
         for size in [int(s) for s in args.rss_sizes.split(",") if s.strip()]:
             pool, feat = (base_pool, base_feat) if size == n else write_synthetic(work, f"rss{size}", 0, size)
             res = run_worker("build", work / f"rss{size}", [pool], [feat])
-            report["rss"].append({"documents": size, "seconds": res["seconds"], "peak_rss_mb": res["peak_rss_mb"]})
-            print(f"peak RSS building {size}: {res['peak_rss_mb']:.0f} MiB ({res['seconds']:.1f}s)", flush=True)
+            report["rss"].append({"documents": size} | res)
+            print(f"peak RSS building {size}: {res['peak_rss_mb']:.0f} MiB, anonymous {res['peak_anon_mb']} MiB ({res['seconds']:.1f}s)", flush=True)
             shutil.rmtree(work / f"rss{size}")
             if size != n:
                 pool.unlink()
@@ -201,7 +243,7 @@ def main() -> None:
     print(f"| append / rebuild | {report['append_vs_rebuild']:.3f} (goal <= 0.15) |")
     print(f"| size on disk per doc | {b['total']:.0f} B (Lance {b['lance']:.0f}, forward index {b['forward']:.0f}, inverted lists {b['postings']:.0f}) |")
     for r in report["rss"]:
-        print(f"| peak RSS, build of {r['documents']:,} docs | {r['peak_rss_mb']:.0f} MiB ({r['seconds']:.1f} s) |")
+        print(f"| peak RSS, build of {r['documents']:,} docs | {r['peak_rss_mb']:.0f} MiB, of it anonymous {r['peak_anon_mb']} MiB ({r['seconds']:.1f} s) |")
     print()
     print(json.dumps(report))
 

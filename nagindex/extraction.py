@@ -13,9 +13,16 @@ the model's own outputs are unchanged.
 
 Throughput: documents are tokenized once, sorted by token length and batched,
 so a batch carries little padding; results are put back in input order.
-Padding is on the left with pad = eos when the tokenizer has none, and
-`position_ids` count real tokens only, so a document's features do not depend
-on which documents share its batch.
+
+Padding: upstream pads on the left (pad = eos when the tokenizer has none).
+We pad on the RIGHT and run the model without an attention mask: in a causal
+decoder a real token never attends to a later position, so every real token
+is computed exactly as if its document were alone in the batch (same
+positions, no masked-out keys), and the mask `m` of SPEC 1 still excludes the
+padding from the mean. The features are therefore those of SPEC 1 for each
+document on its own, independent of batch composition; it also lets sdpa use
+its causal kernels (no mask to build) and avoids NaN from fully masked query
+rows that some attention kernels produce at left-padded positions.
 """
 
 from __future__ import annotations
@@ -149,10 +156,10 @@ def capture_features(backbone: Backbone, neuron_types: Sequence[str], top_k: int
             h.remove()
 
 
-def _run_forward(backbone: Backbone, input_ids: torch.Tensor, mask: torch.Tensor) -> None:
-    position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
+def _run_forward(backbone: Backbone, input_ids: torch.Tensor) -> None:
+    """Forward of the base model (no LM head) on a right-padded batch, causal mask only."""
     try:
-        backbone.base_model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
+        backbone.base_model(input_ids=input_ids, use_cache=False)
     except _StopForward:
         pass
 
@@ -213,14 +220,15 @@ def length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def right_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, mask) of a batch, real tokens first, then pad_id (see the module docstring)."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
         if r:
-            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-            mask[i, width - len(r) :] = 1
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -266,10 +274,10 @@ def extract_texts(
             rows = rows[lengths[rows] > 0]
             if len(rows) == 0:
                 continue
-            input_ids, mask = _left_pad([ids[i] for i in rows], pad_id, device)
+            input_ids, mask = right_pad([ids[i] for i in rows], pad_id, device)
             state.mask = mask
             state.results.clear()
-            _run_forward(backbone, input_ids, mask)
+            _run_forward(backbone, input_ids)
             for t in types:
                 missing = [l for l in range(L) if (t, l) not in state.results]
                 if missing:

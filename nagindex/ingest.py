@@ -279,3 +279,57 @@ def join_features(
     if extra:
         first = extra[0].column(DOCID)[0].as_py()
         raise NagError(f"features for docid {first!r} have no document in the pool (docids missing from the payload)")
+
+
+# -- batches for the store ---------------------------------------------------------
+
+
+def count_rows(paths: Sequence) -> int | None:
+    """Total documents of parquet pools (for the progress bar), None when unknown."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for p in paths:
+        if not str(p).endswith(".parquet"):
+            return None
+        try:
+            total += pq.ParquetFile(p).metadata.num_rows
+        except Exception:
+            return None
+    return total
+
+
+def document_batches(paths: Sequence, fmt: str, batch_rows: int, require_text: bool) -> Iterator[pa.Table]:
+    """Pool documents streamed in batches (any format `io` reads), normalised."""
+    from .io import iter_document_batches
+
+    for table in iter_document_batches(paths, fmt, batch_rows, require_text=require_text):
+        yield normalize_documents(table, "pool")
+
+
+def table_batches(documents: pa.Table, feature_arrays: dict | None, spec: FeatureSpec, batch_rows: int):
+    """Validate an in-memory documents table (+ features) entirely, then yield it in batches."""
+    documents = normalize_documents(documents, "documents")
+    check_unique(documents.column(DOCID).combine_chunks(), "documents")
+    if feature_arrays is None:
+        feats = features_from_columns(documents, spec, "documents")
+        documents = documents.drop_columns([c for c in documents.column_names if c in {feature_column(t) for t in spec.neuron_types}])
+    else:
+        feats = check_features(feature_arrays, spec, documents.num_rows, "feature_arrays")
+    for start in range(0, documents.num_rows, batch_rows):
+        yield documents.slice(start, batch_rows), {t: f[start : start + batch_rows] for t, f in feats.items()}
+
+
+def extracted_batches(docs: Iterable[pa.Table], backbone_getter: Callable, spec: FeatureSpec, batch_size: int):
+    from .extraction import extract_texts, feature_spec
+
+    """Features of each document batch, extracted with the backbone (checked against the index's spec)."""
+    backbone = backbone_getter()
+    spec.check_compatible(feature_spec(backbone, spec.neuron_types, spec.top_k, spec.max_length), what="the model's features")
+    for table in docs:
+        texts = table.column("doc").to_pylist()
+        feats = extract_texts(
+            backbone, texts, neuron_types=spec.neuron_types, top_k=spec.top_k,
+            max_length=spec.max_length, batch_size=batch_size, progress=False,
+        )
+        yield table, check_features(feats, spec, table.num_rows, "extracted features")

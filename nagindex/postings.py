@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
+from typing import Iterable
 
 import faiss
 import numpy as np
@@ -50,26 +51,26 @@ def layer_postings(block: np.ndarray, width: int, first_row: int) -> tuple[np.nd
 def write_postings(
     segment_dir: Path,
     neuron_type: str,
-    features: np.ndarray,
-    num_layers: int,
-    top_k: int,
+    layer_blocks: Iterable[np.ndarray],
     width: int,
     first_row: int,
 ) -> None:
-    """Write the inverted lists of `features` (n, L*K) layer by layer (bounded memory)."""
-    nlist = num_layers * width
-    offsets = np.zeros(nlist + 1, dtype=np.int64)
+    """Write the inverted lists of one neuron type, given its (n, K) block of each layer in order.
+
+    One layer at a time is in memory (n*K*18 bytes), whatever the number of layers.
+    """
+    offsets = [np.zeros(1, dtype=np.int64)]
+    end = 0
     with open(ids_path(segment_dir, neuron_type), "wb") as f:
-        for layer in range(num_layers):
-            block = features[:, layer * top_k : (layer + 1) * top_k]
+        for block in layer_blocks:
             sizes, ids = layer_postings(block, width, first_row)
-            start = layer * width
-            offsets[start + 1 : start + width + 1] = offsets[start] + np.cumsum(sizes)
+            offsets.append(end + np.cumsum(sizes))
+            end += int(sizes.sum())
             ids.tofile(f)
         f.flush()
         os.fsync(f.fileno())
     with open(offsets_path(segment_dir, neuron_type), "wb") as f:
-        np.save(f, offsets)
+        np.save(f, np.concatenate(offsets))
         f.flush()
         os.fsync(f.fileno())
 

@@ -41,6 +41,9 @@ INVERTED_MAX_SHARE = 0.01
 # The inverted path gives up (and scans) after reading this share of the
 # pool's postings, or when more than this share of rows stay candidates.
 INVERTED_MAX_POSTINGS_SHARE = 0.5
+# The auto planner's try is cheaper to abandon: reading 5% of the postings
+# costs about a fifth of a scan, the most a failed try adds.
+INVERTED_AUTO_MAX_POSTINGS_SHARE = 0.05
 INVERTED_MAX_CANDIDATE_SHARE = 0.1
 # ... but never insist on fewer candidates than this (rescoring them is cheap).
 INVERTED_MIN_CANDIDATES = 1024
@@ -338,6 +341,10 @@ def inverted_candidates(
         target_read = read + quota
         while t < len(w) and read < target_read:
             ids = _list_ids(inv, int(list_no[t]))
+            if len(ids) > 1 and bool(np.any(ids[1:] <= ids[:-1])):
+                # a row listed twice (a NAG naming one neuron twice in a layer)
+                # or unsorted lists: the bound assumes neither, so scan instead
+                return None
             acc[ids] += w[t]
             read += len(ids)
             read_in_layer[pos[t]] += 1
@@ -359,9 +366,8 @@ def inverted_candidates(
             if len(cand) <= max_candidates:
                 break
         if t == len(w) or read >= max_postings:
-            stats.update(rounds=rounds, postings_read=int(read), terms_read=int(t), fallback=True)
             return None
-        quota *= 2
+        quota = min(quota * 2, max(int(max_postings - read), 1))
     feats = read_rows(index, neuron_type, cand)
     exact = scoring.score_features(feats, profile)
     stats.update(
@@ -501,7 +507,11 @@ def run_query(
         raise NagError(f"engine {engine!r} is not available here; use the local engine")
     if quality_col is not None:
         _check_quality_column(index, quality_col)
-    items = list(targets or []) + [("features", f) for f in (target_features or [])]
+    if isinstance(targets, (np.ndarray, Target, str, os.PathLike)):
+        targets = [targets]  # one target given bare
+    if isinstance(target_features, (str, os.PathLike)):
+        target_features = [target_features]
+    items = list(targets if targets is not None else []) + [("features", f) for f in (target_features or [])]
     if not items:
         raise NagError("no target given")
 
@@ -541,7 +551,9 @@ def run_query(
         stats: dict = {}
         if path == "inverted":
             budget = None if tops[i] is not None else selection.token_budget(live_tokens, fractions[i])
-            res = inverted_candidates(index, profiles[i], neuron_type, live, tokens, top=tops[i], budget=budget)
+            cap = INVERTED_AUTO_MAX_POSTINGS_SHARE if plan == "auto" else INVERTED_MAX_POSTINGS_SHARE
+            res = inverted_candidates(index, profiles[i], neuron_type, live, tokens, top=tops[i], budget=budget,
+                                      max_postings_share=cap)
             if res is None:
                 path, reason = "scan", reason + "; the bound could not prove the answer cheaply, fell back to a scan"
             else:

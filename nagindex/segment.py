@@ -53,6 +53,16 @@ def _write_array(f, array: np.ndarray) -> None:
 _DOCID_SCHEMA = pa.schema([pa.field(DOCID, pa.string(), nullable=False)])
 
 
+def _layer_path(segment_dir: Path, neuron_type: str, layer: int) -> Path:
+    return Path(segment_dir) / f".layer.{neuron_type}.{layer:03d}.u16"
+
+
+def _read_and_remove(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    block = np.fromfile(path, dtype=np.uint16).reshape(shape)
+    path.unlink()
+    return block
+
+
 class SegmentWriter:
     """Writes one segment under a temporary directory; `finish` renames it into place."""
 
@@ -67,13 +77,21 @@ class SegmentWriter:
             shutil.rmtree(self.tmp)
         self.tmp.mkdir(parents=True)
         self._features = {t: open(features_path(self.tmp, t), "wb") for t in spec.neuron_types}
+        # the same features again, one file per (type, layer): the inverted lists
+        # are built layer by layer from these without mapping the whole matrix
+        self._layers = {
+            (t, layer): open(_layer_path(self.tmp, t, layer), "wb") for t in spec.neuron_types for layer in range(spec.num_layers)
+        }
         self._tokens = open(token_num_path(self.tmp), "wb")
         self._docids = pa.ipc.new_file(str(docids_path(self.tmp)), _DOCID_SCHEMA)
 
     def add(self, docids: pa.Array, token_num: np.ndarray, features: dict[str, np.ndarray]) -> None:
         n = len(docids)
+        k = self.spec.top_k
         for t in self.spec.neuron_types:
             _write_array(self._features[t], features[t])
+            for layer in range(self.spec.num_layers):
+                _write_array(self._layers[t, layer], features[t][:, layer * k : (layer + 1) * k])
         _write_array(self._tokens, np.asarray(token_num, dtype=np.int64))
         self._docids.write_batch(pa.record_batch([docids.cast(pa.string())], schema=_DOCID_SCHEMA))
         self.num_rows += n
@@ -84,6 +102,8 @@ class SegmentWriter:
                 f.flush()
                 os.fsync(f.fileno())
                 f.close()
+        for f in self._layers.values():
+            f.close()  # temporary: no fsync
         self._docids.close()
 
     def finish(self) -> SegmentRef:
@@ -91,9 +111,10 @@ class SegmentWriter:
         self._close_files()
         spec = self.spec
         for t in spec.neuron_types:
-            matrix = np.memmap(features_path(self.tmp, t), dtype=np.uint16, mode="r", shape=(self.num_rows, spec.feature_length))
-            _postings.write_postings(self.tmp, t, matrix, spec.num_layers, spec.top_k, spec.width(t), self.first_row)
-            del matrix
+            blocks = (
+                _read_and_remove(_layer_path(self.tmp, t, layer), (self.num_rows, spec.top_k)) for layer in range(spec.num_layers)
+            )
+            _postings.write_postings(self.tmp, t, blocks, spec.width(t), self.first_row)
         meta = {"first_row": self.first_row, "num_rows": self.num_rows, "feature_length": spec.feature_length, "neuron_types": list(spec.neuron_types)}
         with open(self.tmp / SEGMENT_META, "w") as f:
             json.dump(meta, f)

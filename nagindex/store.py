@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import ingest
+from . import doctable, ingest
 from .errors import NagError
 from .manifest import Manifest, SegmentRef, atomic_write_bytes, read_manifest, write_manifest, MANIFEST_NAME
 from .schemas import (
@@ -53,9 +53,8 @@ from .schemas import (
     FeatureSpec,
     feature_column,
     index_schema,
-    payload_fields,
 )
-from .segment import TMP_PREFIX, Segment, SegmentWriter
+from .segment import Segment, SegmentWriter
 
 # Lance logs "No existing dataset ... will be created" as a warning on every new table.
 os.environ.setdefault("LANCEDB_LOG", "error")
@@ -90,11 +89,6 @@ def _progress(total: int | None, enabled: bool, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, disable=not enabled, desc=desc, unit="doc", unit_scale=True, dynamic_ncols=True)
-
-
-def _table_names(db) -> list[str]:
-    res = db.list_tables()
-    return list(getattr(res, "tables", res))
 
 
 def _dir_size(path: Path) -> int:
@@ -439,11 +433,11 @@ class Index:
         import lancedb
 
         db = lancedb.connect(str(self.path))
-        for name in _table_names(db):
+        for name in doctable.table_names(db):
             if name != manifest.lance_table or manifest.lance_version is None:
                 db.drop_table(name)  # a table no commit refers to (a crashed compaction or first append)
         if manifest.lance_version is not None:
-            if manifest.lance_table not in _table_names(db):
+            if manifest.lance_table not in doctable.table_names(db):
                 raise NagError(f"index {self.path} is damaged: its Lance table {manifest.lance_table} is missing")
             table = db.open_table(manifest.lance_table)
             if table.version != manifest.lance_version:
@@ -475,12 +469,12 @@ class Index:
         if (pools is None) == (documents is None):
             raise NagError("give either pool files or a documents table to append")
         if documents is not None:
-            batches, total = _table_batches(documents, feature_arrays, spec, self.batch_rows), documents.num_rows
+            batches, total = ingest.table_batches(documents, feature_arrays, spec, self.batch_rows), documents.num_rows
             tokens = None
         else:
             pools = _as_list(pools)
-            total = _count_rows(pools)
-            docs = _document_batches(pools, fmt, self.batch_rows, require_text=not features)
+            total = ingest.count_rows(pools)
+            docs = ingest.document_batches(pools, fmt, self.batch_rows, require_text=not features)
             if features:
                 features = _as_list(features)
                 file_spec = ingest.feature_file_spec(features)
@@ -492,7 +486,7 @@ class Index:
                 batches = ingest.join_features(docs, ingest.iter_feature_tables(features, self.batch_rows), spec)
             else:
                 backbone_getter = (lambda: _model) if _model is not None else self.backbone
-                batches = _extract_batches(docs, backbone_getter, spec, batch_size)
+                batches = ingest.extracted_batches(docs, backbone_getter, spec, batch_size)
             tokens = self._token_counter(_model)
         with self._writing("appending to") as manifest:
             if manifest.generation != self.manifest.generation:
@@ -602,7 +596,7 @@ class Index:
                     schema = index_schema(spec, docs.schema)
                     table = db.create_table(manifest.lance_table, schema=schema, mode="overwrite")
                     created_table = True
-                docs = _conform(docs, schema, spec)
+                docs = doctable.conform(docs, schema, spec)
                 for start in range(0, docs.num_rows, self.batch_rows):
                     part = docs.slice(start, self.batch_rows)
                     n = part.num_rows
@@ -613,7 +607,7 @@ class Index:
                             writer = SegmentWriter(self.path / SEGMENTS_DIR, next_segment, spec, next_row)
                             next_segment += 1
                         take = min(n - done, self.segment_rows - writer.num_rows)
-                        rows = _lance_rows(part.slice(done, take), {t: f[done : done + take] for t, f in part_feats.items()}, next_row, schema, spec)
+                        rows = doctable.lance_rows(part.slice(done, take), {t: f[done : done + take] for t, f in part_feats.items()}, next_row, schema, spec)
                         writer.add(rows.column(DOCID).combine_chunks(), pc.fill_null(rows.column(TOKEN_NUM), 0).to_numpy(), {t: f[done : done + take] for t, f in part_feats.items()})
                         table.add(rows)
                         _crash_point("lance-batch")
@@ -656,7 +650,7 @@ class Index:
                 shutil.rmtree(self.path / SEGMENTS_DIR / ref.name, ignore_errors=True)
             if new_deleted_file:
                 (self.path / new_deleted_file).unlink(missing_ok=True)
-            _rollback_lance(db, manifest, created_table)
+            doctable.rollback(db, manifest, created_table)
             if isinstance(exc, OSError):
                 raise NagError(_os_error_message(exc, self.path, "appending to")) from exc
             raise
@@ -731,7 +725,7 @@ class Index:
                     # the table is new and no reader uses it yet: drop its intermediate versions
                     warnings.simplefilter("ignore")
                     table.optimize(cleanup_older_than=timedelta(0))
-                _check_row_order(table, new_row)
+                doctable.check_row_order(table, new_row)
                 _crash_point("compact-before-commit")
                 new = manifest.evolve(
                     lance_table=table_name,
@@ -749,7 +743,7 @@ class Index:
                     writer.abort()
                 for ref in new_refs:
                     shutil.rmtree(self.path / SEGMENTS_DIR / ref.name, ignore_errors=True)
-                if table_name in _table_names(db):
+                if table_name in doctable.table_names(db):
                     db.drop_table(table_name)
                 if isinstance(exc, OSError):
                     raise NagError(_os_error_message(exc, self.path, "compacting")) from exc
@@ -783,115 +777,6 @@ def _resolve_backbone(model: Any):
     if isinstance(model, Backbone):
         return model
     return load_backbone(model)
-
-
-def _count_rows(paths: Sequence) -> int | None:
-    """Total documents of parquet pools (for the progress bar), None when unknown."""
-    import pyarrow.parquet as pq
-
-    total = 0
-    for p in paths:
-        if not str(p).endswith(".parquet"):
-            return None
-        try:
-            total += pq.ParquetFile(p).metadata.num_rows
-        except Exception:
-            return None
-    return total
-
-
-def _document_batches(paths: Sequence, fmt: str, batch_rows: int, require_text: bool) -> Iterator[pa.Table]:
-    from .io import iter_document_batches
-
-    for i, table in enumerate(iter_document_batches(paths, fmt, batch_rows, require_text=require_text)):
-        yield ingest.normalize_documents(table, "pool")
-
-
-def _table_batches(documents: pa.Table, feature_arrays: dict | None, spec: FeatureSpec, batch_rows: int):
-    """Validate an in-memory documents table (+ features) entirely, then yield it in batches."""
-    documents = ingest.normalize_documents(documents, "documents")
-    ingest.check_unique(documents.column(DOCID).combine_chunks(), "documents")
-    if feature_arrays is None:
-        feats = ingest.features_from_columns(documents, spec, "documents")
-        documents = documents.drop_columns([c for c in documents.column_names if c in {feature_column(t) for t in spec.neuron_types}])
-    else:
-        feats = ingest.check_features(feature_arrays, spec, documents.num_rows, "feature_arrays")
-    for start in range(0, documents.num_rows, batch_rows):
-        yield documents.slice(start, batch_rows), {t: f[start : start + batch_rows] for t, f in feats.items()}
-
-
-def _extract_batches(docs: Iterable[pa.Table], backbone_getter: Callable, spec: FeatureSpec, batch_size: int):
-    from .extraction import extract_texts, feature_spec
-
-    backbone = backbone_getter()
-    feature_spec(backbone, spec.neuron_types, spec.top_k, spec.max_length)
-    spec.check_compatible(feature_spec(backbone, spec.neuron_types, spec.top_k, spec.max_length), what="the model's features")
-    for table in docs:
-        texts = table.column("doc").to_pylist()
-        feats = extract_texts(
-            backbone, texts, neuron_types=spec.neuron_types, top_k=spec.top_k,
-            max_length=spec.max_length, batch_size=batch_size, progress=False,
-        )
-        yield table, ingest.check_features(feats, spec, table.num_rows, "extracted features")
-
-
-def _conform(docs: pa.Table, schema: pa.Schema, spec: FeatureSpec) -> pa.Table:
-    """Cast a document batch to the index's payload columns (missing ones become null)."""
-    wanted = {f.name for f in payload_fields(schema, spec)} | {DOCID, TOKEN_NUM, "dataset"}
-    extra = [c for c in docs.column_names if c not in wanted and c not in {feature_column(t) for t in spec.neuron_types}]
-    if extra:
-        have = ", ".join(f.name for f in payload_fields(schema, spec)) or "none"
-        raise NagError(f"column(s) {', '.join(extra)} are not in this index (its payload columns: {have})")
-    cols = []
-    for f in schema:
-        if f.name == ROW or f.name in {feature_column(t) for t in spec.neuron_types}:
-            continue
-        if f.name in docs.column_names:
-            col = docs.column(f.name)
-            if col.type != f.type:
-                try:
-                    col = col.cast(f.type)
-                except (pa.ArrowException, ValueError):
-                    raise NagError(f"column {f.name} has type {col.type}; this index stores {f.type}") from None
-        else:
-            col = pa.nulls(docs.num_rows, f.type)
-        cols.append(col)
-    names = [f.name for f in schema if f.name != ROW and f.name not in {feature_column(t) for t in spec.neuron_types}]
-    return pa.table(cols, names=names)
-
-
-def _lance_rows(docs: pa.Table, feats: dict[str, np.ndarray], first_row: int, schema: pa.Schema, spec: FeatureSpec) -> pa.Table:
-    """The Lance rows of a conformed document batch: payload + feature columns + `_row`."""
-    n = docs.num_rows
-    columns = {name: docs.column(name) for name in docs.column_names}
-    for t in spec.neuron_types:
-        columns[feature_column(t)] = pa.FixedSizeListArray.from_arrays(pa.array(feats[t].reshape(-1)), spec.feature_length)
-    columns[ROW] = pa.array(np.arange(first_row, first_row + n, dtype=np.int64))
-    return pa.table([columns[f.name] for f in schema], schema=schema)
-
-
-def _rollback_lance(db, manifest: Manifest, created_table: bool) -> None:
-    """Bring the Lance table back to the committed version after a failed write."""
-    try:
-        if created_table or manifest.lance_version is None:
-            if manifest.lance_table in _table_names(db):
-                db.drop_table(manifest.lance_table)
-            return
-        table = db.open_table(manifest.lance_table)
-        if table.version != manifest.lance_version:
-            table.restore(manifest.lance_version)
-    except Exception:
-        pass  # the next writer repairs it (`Index._recover`); readers follow the manifest anyway
-
-
-def _check_row_order(table, n: int) -> None:
-    """Lance offsets must equal global rows; check a sample after rewriting the table."""
-    if n == 0:
-        return
-    sample = np.unique(np.concatenate([[0, n - 1], np.linspace(0, n - 1, 64).astype(np.int64)]))
-    got = table.take_offsets(sample.tolist()).select([ROW]).to_arrow().column(ROW).to_numpy()
-    if table.count_rows() != n or not np.array_equal(got, sample):
-        raise RuntimeError("the rewritten Lance table does not keep the row order; compaction aborted")
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:

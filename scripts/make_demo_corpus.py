@@ -5,7 +5,7 @@ Reads the labelled evaluation corpus (pool.jsonl.gz and targets/, see
 
 - demo_pool.parquet: DOCS_PER_DOMAIN documents from each of the DOMAINS below,
   `web` layout (docid, doc, token_num, dataset = domain label, source);
-- demo_target_math.parquet: TARGET_ITEMS gsm8k questions (MIT);
+- demo_target_medical.parquet: TARGET_ITEMS MedQA questions (MIT);
 - demo_target_code.parquet: TARGET_ITEMS HumanEval prompts (MIT).
 
 Only the permissively licensed sources that the eval README names are used
@@ -49,7 +49,7 @@ DOMAINS: dict[str, tuple[str, ...]] = {
 
 # Output name -> (benchmark file, the pool domain it should pull).
 TARGETS: dict[str, tuple[str, str]] = {
-    "demo_target_math.parquet": ("gsm8k", "math"),
+    "demo_target_medical.parquet": ("medqa", "biomed"),
     "demo_target_code.parquet": ("humaneval", "code"),
 }
 

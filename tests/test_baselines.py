@@ -117,3 +117,19 @@ def test_minilm_embeddings_are_unit_length_and_topical():
     assert emb.shape == (3, 384)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
     assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.2
+
+
+def test_sublinear_tfidf_matches_dense_reference():
+    vocab = B.build_vocabulary(POOL, MONEY_TARGET)
+    pc = B.count_matrix(POOL, vocab).toarray()
+    tc = B.count_matrix(MONEY_TARGET, vocab).toarray()
+    df = (pc > 0).sum(0)
+    idf = np.log((1 + len(POOL)) / (1 + df))
+    def w(c):
+        m = np.where(c > 0, 1 + np.log(np.where(c > 0, c, 1)), 0) * idf
+        n = np.linalg.norm(m, axis=1, keepdims=True)
+        return m / np.where(n == 0, 1, n)
+    c = w(tc).mean(0)
+    expected = w(pc) @ (c / np.linalg.norm(c))
+    got = B.tfidf_centroid_scores(POOL, MONEY_TARGET, sublinear=True, idf_offset=0.0)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15)

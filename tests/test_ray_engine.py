@@ -140,23 +140,32 @@ def test_extract_features_equal_the_local_engine(tiny):
     kw = dict(neuron_types=("fwd_up", "att_q"), top_k=5, max_length=40, batch_size=8)
     local = extract_texts(tiny, TEXTS, **kw)
     # small blocks: many blocks, finishing out of order, must come back in order
-    got = R.extract_features(TEXTS, model=tiny, rows_per_block=13, **kw)
+    got = R.extract_features(TEXTS, model=tiny, rows_per_block=20, **kw)
     for t in kw["neuron_types"]:
         assert got[t].dtype == np.uint16 and got[t].shape == local[t].shape
         assert np.array_equal(got[t], local[t]), t
 
 
-def _pool_file(tmp_path, n=60):
-    docs = [TEXTS[i % len(TEXTS)] + f" doc {i}" for i in range(n)]
+@pytest.fixture(scope="module")
+def local_build(tiny, tmp_path_factory):
+    """A pool file (some token_num missing) and its index built by the local engine."""
+    from nagindex.store import Index
+
+    root = tmp_path_factory.mktemp("build")
+    n = 60
     table = pa.table({
         "docid": [f"p{i:03d}" for i in range(n)],
-        "doc": docs,
+        "doc": [TEXTS[i % len(TEXTS)] + f" doc {i}" for i in range(n)],
         "token_num": pa.array([None if i % 5 == 0 else 10 + i for i in range(n)], pa.int64()),
         "dataset": ["a" if i % 2 else "b" for i in range(n)],
     })
-    path = tmp_path / "pool.parquet"
-    pq.write_table(table, path)
-    return path
+    pool = root / "pool.parquet"
+    pq.write_table(table, pool)
+    local = Index.build(root / "local", [pool], model=tiny, progress=False, **BUILD)
+    return pool, local
+
+
+BUILD = dict(neuron_types=("fwd_up",), top_k=4, max_length=32, batch_size=8)
 
 
 def _same_index(a, b):
@@ -171,24 +180,22 @@ def _same_index(a, b):
     assert a.take(rows, cols).equals(b.take(rows, cols))
 
 
-def test_ray_extraction_builds_the_local_index(tiny, tmp_path):
+def test_ray_extraction_builds_the_local_index(local_build, tmp_path):
     """The store's append fed by `extract_batches` (what `--engine ray` plugs in) = the local build."""
+    from nagindex import ingest
     from nagindex.io import iter_document_batches
     from nagindex.store import Index
-    from nagindex import ingest
 
-    pool = _pool_file(tmp_path)
-    local = Index.build(tmp_path / "local", [pool], model=tiny, neuron_types=("fwd_up",), top_k=4,
-                        max_length=32, batch_size=8, progress=False)
+    pool, local = local_build
     docs = (ingest.normalize_documents(t, "pool") for t in iter_document_batches([pool], "auto", 25, require_text=True))
-    tables, feats = [], []
-    for table, f in R.extract_batches(docs, model=tiny, spec=local.spec, batch_size=8):
-        tables.append(table)
-        feats.append(f["fwd_up"])
-    documents = pa.concat_tables(tables)
-    assert documents.column("token_num").null_count == 0  # the actors counted the missing ones
+    model = local.backbone()
     built = Index.create(tmp_path / "ray", local.spec)
-    built.append(documents=documents, feature_arrays={"fwd_up": np.concatenate(feats)}, progress=False)
+    # one commit for the whole stream, as `append(..., engine="ray")` does
+    stream = list(R.extract_batches(docs, model=model, spec=local.spec, batch_size=8))
+    assert sum(d.num_rows for d, _ in stream) == 60
+    assert all(d.column("token_num").null_count == 0 for d, _ in stream)  # the actors counted the missing
+    built.append(documents=pa.concat_tables([d for d, _ in stream]),
+                 feature_arrays={"fwd_up": np.concatenate([f["fwd_up"] for _, f in stream])}, progress=False)
     _same_index(local, Index.open(tmp_path / "ray"))
 
 
@@ -200,18 +207,16 @@ def test_ray_extraction_refuses_a_model_of_another_spec(tiny):
         list(R.extract_batches(docs, model=tiny, spec=spec, batch_size=8))
 
 
-def test_index_build_and_append_with_engine_ray(tiny, tmp_path):
-    """`Index.build(..., engine="ray")` and `append(..., engine="ray")`, once the store has them."""
+def test_index_build_with_engine_ray(local_build, tmp_path):
+    """`Index.build(..., engine="ray")` (its append runs on Ray), once the store has it."""
     import inspect
 
     from nagindex.store import Index
 
     if "engine" not in inspect.signature(Index.build).parameters:
         pytest.skip("Index.build has no engine parameter yet (store integration pending)")
-    pool = _pool_file(tmp_path)
-    kw = dict(model=tiny, neuron_types=("fwd_up",), top_k=4, max_length=32, batch_size=8, progress=False)
-    local = Index.build(tmp_path / "local", [pool], **kw)
-    built = Index.build(tmp_path / "ray", [pool], engine="ray", **kw)
+    pool, local = local_build
+    built = Index.build(tmp_path / "ray", [pool], model=local.backbone(), engine="ray", progress=False, **BUILD)
     _same_index(local, built)
 
 

@@ -432,7 +432,7 @@ def test_append_batches_stream(tmp_path):
     assert snapshot(index.path) == before
 
 
-@pytest.mark.parametrize("fail_after", [0, 3])
+@pytest.mark.parametrize("fail_after", [0, 12])
 def test_disk_full_while_appending(filled, monkeypatch, fail_after):
     """ENOSPC from the segment writer (first write, or after some batches reached Lance)."""
     import nagindex.segment as segment
@@ -456,3 +456,26 @@ def test_disk_full_while_appending(filled, monkeypatch, fail_after):
     # and the index still takes the same append afterwards
     r = Index.open(filled.path).append(documents=docs_table([f"n{i}" for i in range(12)]), feature_arrays={"fwd_up": random_features(rng, 12)}, progress=False)
     assert r.added == 12
+
+
+def test_manifest_replacement_is_all_or_nothing(filled, monkeypatch):
+    from nagindex import manifest as manifest_module
+
+    before = snapshot(filled.path)
+
+    def failing_replace(src, dst):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(manifest_module.os, "replace", failing_replace)
+    with pytest.raises(NagError, match="I/O error"):
+        filled.append(documents=docs_table(["z"]), feature_arrays={"fwd_up": np.zeros((1, L * K), np.uint16)}, progress=False)
+    monkeypatch.undo()
+    assert snapshot(filled.path) == before
+    assert not [p for p in filled.path.iterdir() if ".tmp" in p.name]
+
+
+def test_damaged_index_is_reported(filled):
+    seg = filled.path / "segments" / filled.manifest.segments[0].name
+    (seg / "postings.fwd_up.ids").write_bytes(b"short")
+    with pytest.raises(NagError, match="damaged"):
+        Index.open(filled.path)

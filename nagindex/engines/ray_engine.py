@@ -285,10 +285,20 @@ def extract_batches(
 
     if spec is not None:
         neuron_types, top_k, max_length = spec.neuron_types, spec.top_k, spec.max_length
-    neuron_types = tuple(neuron_types or ("fwd_up",))
+    from ..schemas import parse_neuron_types
+
+    neuron_types = parse_neuron_types(neuron_types or ("fwd_up",))
     top_k = 20 if top_k is None else int(top_k)
     max_length = 120 if max_length is None else int(max_length)
-    source = BackboneSource(model, dtype=dtype) if not _is_backbone(model) else BackboneSource(backbone=model)
+    if _is_backbone(model):
+        source = BackboneSource(backbone=model)
+        if spec is not None:
+            # a loaded backbone is checked here, before any actor starts
+            from ..extraction import feature_spec
+
+            spec.check_compatible(feature_spec(model, neuron_types, top_k, max_length), what="the model's features")
+    else:
+        source = BackboneSource(model, dtype=dtype)
     plan = plan_workers(cluster_gpus(), cluster_cpus(), workers=workers, use_gpus=use_gpus)
 
     # The driver hands each table to the object store (Ray spills it to disk
@@ -388,7 +398,9 @@ def extract_features(
         texts = texts.to_pylist()
     texts = list(texts)
     n = len(texts)
-    neuron_types = tuple(neuron_types)
+    from ..schemas import parse_neuron_types
+
+    neuron_types = parse_neuron_types(neuron_types)
     # Blocks: big enough for length bucketing, several per actor (balance).
     if rows_per_block is None:
         rows_per_block = max(batch_size, min(batch_size * 64, math.ceil(n / 8) or 1))
@@ -421,13 +433,14 @@ def remote_feature_spec(
     the first append. Loads the model on a CPU worker (the weights hash does
     not depend on device or dtype).
     """
-    ray = connect(address)
-    from ..schemas import FeatureSpec
+    from ..schemas import FeatureSpec, parse_neuron_types
 
+    neuron_types = parse_neuron_types(neuron_types)
     if _is_backbone(model):
         from ..extraction import feature_spec
 
         return feature_spec(model, neuron_types, top_k, max_length)
+    ray = connect(address)
 
     @ray.remote(num_cpus=1, num_gpus=0)
     def _spec(model_name, types, k, length):
