@@ -208,26 +208,32 @@ def main(argv=None) -> int:
     run_nagindex(warm)
 
     # Interleave the two in rounds, so that a change in machine load (other
-    # jobs, clocks) falls on both alike.
-    t_ref = t_ours = 0.0
+    # jobs, clocks) falls on both alike. CPU time (this process's user+sys) is
+    # reported next to wall time: on a shared machine it is the steadier
+    # measure of work done (use --threads 1 there, so no thread spin-waits).
+    wall = {"ref": 0.0, "ours": 0.0}
+    cpu = {"ref": 0.0, "ours": 0.0}
     ref_parts, our_parts = [], []
     bounds = np.linspace(0, len(texts), args.rounds + 1).astype(int)
+    done = 0
     for a, b in zip(bounds[:-1], bounds[1:]):
         chunk = texts[a:b]
-        sync(); t0 = time.perf_counter()
-        ref_parts.append(run_reference(chunk))
-        sync(); t1 = time.perf_counter()
-        our_parts.append(run_nagindex(chunk))
-        sync(); t2 = time.perf_counter()
-        t_ref += t1 - t0
-        t_ours += t2 - t1
-        print(f"  round {len(ref_parts)}: reference {len(chunk) / (t1 - t0):8.2f} docs/s, "
-              f"nagindex {len(chunk) / (t2 - t1):8.2f} docs/s", flush=True)
+        for name, fn, parts in (("ref", run_reference, ref_parts), ("ours", run_nagindex, our_parts)):
+            sync(); w0, c0 = time.perf_counter(), time.process_time()
+            parts.append(fn(chunk))
+            sync(); wall[name] += time.perf_counter() - w0; cpu[name] += time.process_time() - c0
+        done += len(chunk)
+        print(f"  after {done} docs: reference {done / wall['ref']:8.2f} docs/s ({done / cpu['ref']:.2f} per CPU-s), "
+              f"nagindex {done / wall['ours']:8.2f} docs/s ({done / cpu['ours']:.2f} per CPU-s); "
+              f"speed-up {wall['ref'] / wall['ours']:.2f}x wall, {cpu['ref'] / cpu['ours']:.2f}x CPU", flush=True)
     ref = {t: np.concatenate([r[t] for r in ref_parts]) for t in NEURON_TYPES}
     ours = {t: np.concatenate([r[t] for r in our_parts]) for t in types}
-    print(f"reference-style (LM head, eager, 6 types, input order): {len(texts) / t_ref:8.2f} docs/s  ({t_ref:.1f} s)")
-    print(f"nagindex ({','.join(types)}, sdpa, no head, length-sorted): {len(texts) / t_ours:8.2f} docs/s  ({t_ours:.1f} s)")
-    print(f"speed-up: {t_ref / t_ours:.2f}x")
+    n = len(texts)
+    print(f"reference-style (LM head, eager, 6 types, input order): {n / wall['ref']:8.2f} docs/s  "
+          f"({wall['ref']:.1f} s wall, {cpu['ref']:.1f} CPU-s)")
+    print(f"nagindex ({','.join(types)}, sdpa, no head, length-sorted): {n / wall['ours']:8.2f} docs/s  "
+          f"({wall['ours']:.1f} s wall, {cpu['ours']:.1f} CPU-s)")
+    print(f"speed-up: {wall['ref'] / wall['ours']:.2f}x (wall time), {cpu['ref'] / cpu['ours']:.2f}x (CPU time)")
     for t in types:
         rows = float((ours[t] == ref[t]).all(axis=1).mean())
         entries = float((ours[t] == ref[t]).mean())

@@ -297,7 +297,8 @@ def end_to_end_figures(args, work, idx, payload, features, target_path) -> None:
         t_upp, n_up = timed(upstream_pipeline, features, payload, target_path, out_up, 0.2)
         a = pq.read_table(out_ours, columns=["docid"]).column(0).to_pylist()
         b = pq.read_table(out_up, columns=["docid"]).column(0).to_pylist()
-        print(f"    upstream-style pandas pipeline: {t_upp:.2f} s; ratio {t_upp / t_cli:.1f}x; "
+        print(f"    upstream-style pandas pipeline: {t_upp:.2f} s; ratio {t_upp / t_cli:.1f}x (CLI), "
+              f"{t_upp / t_api:.1f}x (Python API); "
               f"selections: {len(a)} vs {n_up} rows, {len(set(a) & set(b))} docids in common "
               f"(upstream float sums order exact ties by summation order, not docid)")
 

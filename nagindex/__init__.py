@@ -2,8 +2,18 @@
 
 from .errors import NagError
 from .schemas import FeatureSpec, NEURON_TYPES
-from .store import AppendResult, Index
 
 __version__ = "0.1.0"
 
 __all__ = ["NagError", "FeatureSpec", "NEURON_TYPES", "Index", "AppendResult", "__version__"]
+
+
+def __getattr__(name: str):
+    # The store pulls in lancedb and faiss (seconds of import time); load it only
+    # when it is used, so that extraction-only work (a GPU worker, `nag extract`)
+    # needs neither.
+    if name in ("Index", "AppendResult"):
+        from . import store
+
+        return getattr(store, name)
+    raise AttributeError(f"module 'nagindex' has no attribute {name!r}")

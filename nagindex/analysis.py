@@ -255,8 +255,8 @@ def check_keys_fit(keys: Mapping[int, Sequence[int]], projections: Sequence[UpPr
             )
 
 
-def _neuron_slices(proj: UpProjection, neurons: Sequence[int]) -> list[tuple[Any, int]]:
-    """(tensor, axis) pairs to zero for these neurons: the weight, and the bias where there is one
+def _neuron_tensors(proj: UpProjection) -> list[tuple[Any, int]]:
+    """(tensor, axis) pairs that hold a neuron of this projection: the weight, and the bias where there is one
     (with a bias left in place a 'zeroed' neuron would still output its bias)."""
     out = [(proj.module.weight, proj.axis)]
     bias = getattr(proj.module, "bias", None)
@@ -284,7 +284,7 @@ def apply_deactivation(model: Any, keys: Mapping[int, Sequence[int]]) -> int:
                 continue
             proj = projections[int(layer)]
             index = torch.tensor(idx, dtype=torch.long, device=proj.module.weight.device)
-            for tensor, axis in _neuron_slices(proj, idx):
+            for tensor, axis in _neuron_tensors(proj):
                 tensor.index_fill_(axis, index, 0.0)
             count += len(idx)
     return count
@@ -304,7 +304,7 @@ def deactivated(model: Any, keys: Mapping[int, Sequence[int]]) -> Iterator[int]:
             continue
         proj = projections[int(layer)]
         index = torch.tensor(idx, dtype=torch.long, device=proj.module.weight.device)
-        for tensor, axis in _neuron_slices(proj, idx):
+        for tensor, axis in _neuron_tensors(proj):
             saved.append((tensor, axis, index, tensor.detach().index_select(axis, index).clone()))
     try:
         yield apply_deactivation(model, keys)
@@ -528,6 +528,28 @@ def layer_contributions(features: np.ndarray, weights: np.ndarray, top_k: int) -
     return gathered.reshape(n, L, top_k).sum(axis=2, dtype=np.int64)
 
 
+# Rows per block when a whole pool is reduced: bounds the (rows, L*K) int64
+# gather to ~300 MB whatever the pool size.
+BLOCK_ROWS = 65536
+
+
+def document_scores(features: np.ndarray, weights: np.ndarray, top_k: int) -> np.ndarray:
+    """Integer score of every row (sum of its layer contributions), computed block by block."""
+    feats = features
+    out = np.empty(len(feats), dtype=np.int64)
+    for start in range(0, len(feats), BLOCK_ROWS):
+        out[start : start + BLOCK_ROWS] = layer_contributions(feats[start : start + BLOCK_ROWS], weights, top_k).sum(axis=1)
+    return out
+
+
+def mean_layer_contributions(features: np.ndarray, weights: np.ndarray, top_k: int) -> np.ndarray:
+    """Mean over rows of each layer's contribution (float), computed block by block."""
+    total = np.zeros(weights.shape[0], dtype=np.float64)
+    for start in range(0, len(features), BLOCK_ROWS):
+        total += layer_contributions(features[start : start + BLOCK_ROWS], weights, top_k).sum(axis=0)
+    return total / max(len(features), 1)
+
+
 def per_layer_denominator(denominator: int, num_layers: int) -> int:
     """D / L: the integer that makes one layer's contribution a weight sum in [0, 1].
 
@@ -555,7 +577,7 @@ def budget_count(order: np.ndarray, token_num: np.ndarray, fraction: float) -> i
 def score_distribution(pool: PoolView, weights: np.ndarray, denominator: int, fraction: float = 0.2) -> dict:
     """The numbers behind `nag plot scores`: every live document's nag_distance, grouped by
     `dataset` label, and the distance at the token-budget cut."""
-    scores = layer_contributions(pool.features, weights, pool.top_k).sum(axis=1)
+    scores = document_scores(pool.features, weights, pool.top_k)
     distance = 1.0 - scores / float(denominator)
     order = ranking(scores, pool.docids)
     kept = budget_count(order, pool.token_num, fraction)
@@ -579,8 +601,8 @@ def layer_means(
     """The numbers behind `nag plot layers`: per-layer mean similarity (weight sum in [0, 1])
     of the target documents and of the pool documents."""
     per = per_layer_denominator(denominator, pool.num_layers)
-    target = layer_contributions(target_features, weights, pool.top_k).mean(axis=0) / per
-    pooled = layer_contributions(pool.features, weights, pool.top_k).mean(axis=0) / per
+    target = mean_layer_contributions(np.asarray(target_features), weights, pool.top_k) / per
+    pooled = mean_layer_contributions(pool.features, weights, pool.top_k) / per
     return {"target": target, "pool": pooled, "layers": np.arange(pool.num_layers)}
 
 
@@ -610,8 +632,8 @@ def explain_row(
 ) -> dict:
     """Why pool row `row` scored as it did (see `explain`)."""
     L, K = pool.num_layers, pool.top_k
-    contrib = layer_contributions(pool.features, weights, K)
-    scores = contrib.sum(axis=1)
+    scores = document_scores(pool.features, weights, K)
+    contrib = layer_contributions(pool.features[row : row + 1], weights, K)[0]
     order = ranking(scores, pool.docids)
     position = np.empty(len(pool), dtype=np.int64)
     position[order] = np.arange(len(pool))
@@ -628,8 +650,8 @@ def explain_row(
         ]
         layers.append({
             "layer": l,
-            "contribution": int(contrib[row, l]) / float(denominator),
-            "layer_similarity": int(contrib[row, l]) / float(per),
+            "contribution": int(contrib[l]) / float(denominator),
+            "layer_similarity": int(contrib[l]) / float(per),
             "shared": sorted(shared, key=lambda s: (-s["weight_int"], s["neuron"])),
         })
     selected_rows = order[:kept]
@@ -783,11 +805,12 @@ def pool_view(index: Any, neuron_type: str = DEFAULT_NEURON_TYPE, *, labels: boo
     spec = index.spec
     width = spec.width(neuron_type)
     segments = index.feature_segments(neuron_type)
-    feats = (
-        np.concatenate([np.asarray(m) for _, m in segments])
-        if segments
-        else np.zeros((0, spec.feature_length), dtype=np.uint16)
-    )
+    if len(segments) == 1:
+        feats = segments[0][1]  # memory-mapped: read block by block, never copied whole
+    elif segments:
+        feats = np.concatenate([np.asarray(m) for _, m in segments])
+    else:
+        feats = np.zeros((0, spec.feature_length), dtype=np.uint16)
     docids = np.asarray(index.docids().to_pylist(), dtype=object)
     tokens = np.asarray(index.token_num(), dtype=np.int64)
     live = index.live_mask()
@@ -800,7 +823,7 @@ def pool_view(index: Any, neuron_type: str = DEFAULT_NEURON_TYPE, *, labels: boo
     else:
         labs = np.array([NO_LABEL] * len(rows), dtype=object)
     return PoolView(
-        features=feats[rows],
+        features=feats if live is None else feats[rows],
         docids=docids[rows],
         token_num=np.where(tokens[rows] < 0, 0, tokens[rows]),
         labels=labs,

@@ -448,6 +448,11 @@ def _load_pretrained(source: str, device: torch.device, dtype: torch.dtype, **kw
     return model.to(device), tokenizer
 
 
+def _looks_like_path(name: str) -> bool:
+    """A hub repo id is `name` or `org/name`; anything else that does not exist is a missing path."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
 def load_backbone(
     model: str | os.PathLike | None = None,
     *,
@@ -474,7 +479,7 @@ def load_backbone(
     else:
         gguf = None
         name = str(model)
-        if (os.sep in name or name.startswith(".")) and not Path(name).exists():
+        if not Path(name).exists() and _looks_like_path(name):
             raise NagError(f"model directory not found: {name}")
     if gguf is not None:
         cached = _gguf_cache_path(gguf)

@@ -116,7 +116,7 @@ def _plot(domains: np.ndarray, distances: dict[str, np.ndarray], order: list[str
                              sharey=True, squeeze=False)
     for ax, (target, dist) in zip(axes[0], distances.items()):
         data = [dist[domains == d] for d in order]
-        ax.boxplot(data, vert=False, showfliers=False, widths=0.6)
+        ax.boxplot(data, orientation="horizontal", showfliers=False, widths=0.6)
         rng = np.random.default_rng(0)
         for i, values in enumerate(data, start=1):
             ax.scatter(values, i + rng.uniform(-0.18, 0.18, len(values)), s=4, alpha=0.35, color="#4c72b0")

@@ -25,6 +25,9 @@ from .schemas import DATASET, DOCID, TEXT, TOKEN_NUM, FeatureSpec, feature_colum
 
 Features = dict[str, np.ndarray]
 
+# Rows decoded at once from a feature parquet file.
+PARQUET_READ_ROWS = 8192
+
 
 # -- documents ---------------------------------------------------------------
 
@@ -219,10 +222,13 @@ def iter_feature_tables(paths: Sequence[str | os.PathLike], batch_rows: int) -> 
                 yield table.slice(i, batch_rows)
             continue
         try:
-            pf = pq.ParquetFile(p)
+            # pre_buffer would keep every column chunk read so far; decoding list
+            # columns needs ~8 bytes per value transiently, so read small batches
+            # (`join_features` gathers them into pool-sized ones)
+            pf = pq.ParquetFile(p, pre_buffer=False)
             if DOCID not in pf.schema_arrow.names:
                 raise NagError(f"{p}: no 'docid' column")
-            for batch in pf.iter_batches(batch_size=batch_rows):
+            for batch in pf.iter_batches(batch_size=min(batch_rows, PARQUET_READ_ROWS)):
                 yield pa.Table.from_batches([batch])
         except (pa.ArrowException, OSError) as e:
             raise NagError(f"cannot read feature file {p}: {str(e).splitlines()[0]}") from None

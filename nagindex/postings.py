@@ -41,11 +41,11 @@ def layer_postings(block: np.ndarray, width: int, first_row: int) -> tuple[np.nd
     """
     n, k = block.shape
     flat = np.ascontiguousarray(block, dtype=np.uint16).ravel()
-    order = np.argsort(flat, kind="stable")
-    ids = order // k
+    ids = np.argsort(flat, kind="stable").astype(np.int64, copy=False)
+    np.floor_divide(ids, k, out=ids)  # entry position -> row, in place (n*K*8 bytes saved)
     ids += first_row
     sizes = np.bincount(flat, minlength=width).astype(np.int64)
-    return sizes, ids.astype(np.int64, copy=False)
+    return sizes, ids
 
 
 def write_postings(

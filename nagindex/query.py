@@ -216,11 +216,28 @@ def _whole_file_map(matrix) -> str | None:
 
 
 def iter_blocks(matrix: np.ndarray, block_rows: int):
-    """(first row, block) over a feature matrix. A memory-mapped file is read
-    with plain reads into one reused buffer, so the scanned pages stay in the
-    OS page cache and not in this process's resident memory: peak RSS does
-    not grow with the pool."""
+    """(first row, block) over a feature matrix, without holding the pool in
+    this process's resident memory: a memory-mapped file is scanned in place
+    and each block's pages are handed back (MADV_DONTNEED, they stay in the
+    OS page cache) once it is scored, or, where that is not possible, read
+    into one reused buffer. Peak RSS does not grow with the pool."""
     n = len(matrix)
+    mm = getattr(matrix, "_mmap", None)
+    if _whole_file_map(matrix) is not None and mm is not None and hasattr(mm, "madvise"):
+        import mmap
+
+        row_bytes = matrix.shape[1] * matrix.itemsize
+        page = mmap.PAGESIZE
+        for start in range(0, n, block_rows):
+            stop = min(start + block_rows, n)
+            yield start, matrix[start:stop]
+            lo = (start * row_bytes) // page * page
+            hi = stop * row_bytes
+            try:
+                mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            except (OSError, ValueError):
+                pass
+        return
     path = _whole_file_map(matrix)
     if path is None:
         for start in range(0, n, block_rows):
@@ -382,6 +399,39 @@ def inverted_candidates(
     return InvertedResult(cand, exact, stats)
 
 
+def inverted_looks_hopeless(index, profile: scoring.Profile, neuron_type: str, live: np.ndarray, *,
+                            share: float, max_postings_share: float, sample_rows: int = 4096) -> tuple[bool, str]:
+    """A cheap look before trying the lists (planning only; exactness never
+    depends on it): the bound R after reading as many of the heaviest lists
+    as the cap allows is known from the list sizes alone, and a random sample
+    of rows scored exactly estimates the cut score theta generously (the
+    sample maximum for tiny answers). If R stays above that, the try can only
+    fail, so scan at once."""
+    inv = index.postings(neuron_type)
+    width, k = profile.width, profile.top_k
+    weights = profile.weights
+    pos, neuron = np.nonzero(weights > 0)
+    w = weights[pos, neuron]
+    order = np.lexsort((neuron, pos, -w))
+    pos, neuron = pos[order], neuron[order]
+    list_no = np.asarray(profile.layers, dtype=np.int64)[pos] * width + neuron
+    sizes = np.fromiter((inv.list_size(int(x)) for x in list_no), dtype=np.int64, count=len(list_no))
+    cap = max_postings_share * index.num_rows * len(profile.layers) * k
+    readable = int(np.searchsorted(np.cumsum(sizes), cap, side="right"))
+    read_in_layer = np.bincount(pos[:readable], minlength=len(profile.layers))
+    layer_sorted = [np.sort(weights[i][weights[i] > 0])[::-1] for i in range(len(profile.layers))]
+    bound = sum(int(s[r : r + k].sum()) for s, r in zip(layer_sorted, read_in_layer))
+    rng = np.random.default_rng(0)
+    sample = np.sort(rng.choice(live, size=min(sample_rows, len(live)), replace=False))
+    scores = scoring.score_features(read_rows(index, neuron_type, sample), profile)
+    theta = int(np.quantile(scores, max(0.0, 1.0 - 0.5 * share))) if share * len(sample) >= 2 else int(scores.max())
+    if bound >= theta:
+        return True, (f"the lists could not prove it: after the {readable} heaviest lists the bound "
+                      f"{bound / profile.denominator:.3f} stays above a generous cut estimate "
+                      f"{theta / profile.denominator:.3f}")
+    return False, ""
+
+
 # ---------------------------------------------------------------------------
 # Planning
 # ---------------------------------------------------------------------------
@@ -503,8 +553,8 @@ def run_query(
         raise NagError(f"unknown contrast {contrast!r}; use none or pool")
     if plan not in PLANS:
         raise NagError(f"unknown plan {plan!r}; use {', '.join(PLANS)}")
-    if engine != "local":
-        raise NagError(f"engine {engine!r} is not available here; use the local engine")
+    if engine not in ("local", "ray"):
+        raise NagError(f"unknown engine {engine!r}; use local or ray")
     if quality_col is not None:
         _check_quality_column(index, quality_col)
     if isinstance(targets, (np.ndarray, Target, str, os.PathLike)):
@@ -545,10 +595,29 @@ def run_query(
     live_tokens = int(tokens[live].sum())
     plans: list[Plan] = []
     inverted: dict[int, InvertedResult] = {}
-    for i, t in enumerate(loaded):
+    if engine == "ray":
+        # the cluster scores every block and keeps a proven superset of each
+        # answer; the selection below (tie-break, cut) is the local one
+        from .engines import ray_engine
+
+        keep_all = quality_col is not None
+        budgets = [None if keep_all or tops[i] is not None else selection.token_budget(live_tokens, fractions[i])
+                   for i in range(m)]
+        found = ray_engine.scan_candidates(index, profiles, neuron_type,
+                                           tops=[None if keep_all else x for x in tops], budgets=budgets)
+        for i, (t, c) in enumerate(zip(loaded, found)):
+            inverted[i] = InvertedResult(c.rows, c.scores, c.stats)
+            plans.append(Plan(t.name, "ray", "distributed scan (--engine ray)", c.stats))
+    for i, t in enumerate(loaded if engine == "local" else []):
         path, reason = choose_plan(plan, num_rows=index.num_rows, n_live=len(live), top=tops[i],
                                    fraction=fractions[i], quality=quality_col is not None)
         stats: dict = {}
+        if path == "inverted" and plan == "auto":
+            share = (tops[i] / max(len(live), 1)) if tops[i] is not None else fractions[i]
+            hopeless, why = inverted_looks_hopeless(index, profiles[i], neuron_type, live, share=share,
+                                                    max_postings_share=INVERTED_AUTO_MAX_POSTINGS_SHARE)
+            if hopeless:
+                path, reason = "scan", why
         if path == "inverted":
             budget = None if tops[i] is not None else selection.token_budget(live_tokens, fractions[i])
             cap = INVERTED_AUTO_MAX_POSTINGS_SHARE if plan == "auto" else INVERTED_MAX_POSTINGS_SHARE
@@ -581,7 +650,9 @@ def run_query(
             rows, scores, combined = rows[q.kept], scores[q.kept], q.combined
             keys = combined
             total = int(tokens[rows].sum())
-        ids = docids.take(pa.array(rows))
+        # every row live and in order: no need to copy the docids
+        all_rows = len(rows) == len(docids) and (len(rows) == 0 or (rows[0] == 0 and rows[-1] == len(rows) - 1))
+        ids = docids if all_rows else docids.take(pa.array(rows))
         if tops[i] is not None:
             picked = selection.top_selection(keys, ids, tops[i])
         else:
@@ -641,11 +712,10 @@ def _output_table(index, rows, distance, combined, target_names, tokens, with_te
 
 def _summary(table: pa.Table, live, live_tokens, plans, missing_quality, targets) -> dict:
     dist = table.column("nag_distance").to_numpy() if table.num_rows else np.zeros(0)
-    labels = table.column(DATASET).to_pylist()
     counts: dict[str, int] = {}
-    for lab in labels:
-        key = "(none)" if lab is None else str(lab)
-        counts[key] = counts.get(key, 0) + 1
+    for item in pc.value_counts(table.column(DATASET).cast(pa.string())).to_pylist():
+        key = "(none)" if item["values"] is None else str(item["values"])
+        counts[key] = counts.get(key, 0) + int(item["counts"])
     tokens = int(np.asarray(table.column(TOKEN_NUM).to_numpy()).sum()) if table.num_rows else 0
     return {
         "selected_docs": table.num_rows,

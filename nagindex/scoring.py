@@ -285,8 +285,7 @@ def score_features(features: np.ndarray, profile: Profile, *, kernel: str | None
     it is read block by block). Returns int64 scores; divide by
     `profile.denominator` for the similarity.
     """
-    if not isinstance(features, np.memmap):
-        features = np.asarray(features)
+    features = np.asarray(features)  # a memmap becomes a plain view, no copy
     if features.ndim != 2 or features.shape[1] != profile.num_layers * profile.top_k:
         raise NagError(
             f"features have shape {features.shape}, expected (n, "

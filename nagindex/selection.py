@@ -98,6 +98,10 @@ def budget_selection(
         return np.zeros(0, dtype=np.int64)
     total = int(tokens.sum()) if total_tokens is None else int(total_tokens)
     budget = token_budget(total, fraction)
+    lead = _leading_rows(keys, tokens, budget)
+    if lead is not None and len(lead) < n:
+        ids = _as_arrow(docids).take(pa.array(lead))
+        return lead[budget_selection(keys[lead], tokens[lead], ids, fraction, total_tokens=total)]
     coarse = np.argsort(keys, kind="stable")
     sorted_keys = keys[coarse]
     cut = int(np.searchsorted(np.cumsum(tokens[coarse]), budget, side="right"))
@@ -105,6 +109,23 @@ def budget_selection(
     exact = _order_prefix(keys, docids, end, coarse)
     kept = int(np.searchsorted(np.cumsum(tokens[exact]), budget, side="right"))
     return exact[: max(kept, 1)]
+
+
+def _leading_rows(keys: np.ndarray, tokens: np.ndarray, budget: int) -> np.ndarray | None:
+    """For integer keys of a small range: the rows whose key is at most the
+    key at which the token budget runs out (a counting pass, no sort), so
+    only those need sorting. None when the keys do not allow it."""
+    if keys.dtype.kind not in "iu" or keys.size < 4096:
+        return None
+    lo, hi = int(keys.min()), int(keys.max())
+    if hi - lo > 4 * keys.size:
+        return None
+    mass = np.bincount(keys - lo, weights=tokens, minlength=hi - lo + 1)
+    # float64 sums of integer token counts are exact below 2**53
+    past = np.flatnonzero(np.cumsum(mass) > budget)
+    if not len(past):
+        return None
+    return np.flatnonzero(keys <= lo + int(past[0]))
 
 
 def top_selection(keys: np.ndarray, docids, top: int) -> np.ndarray:

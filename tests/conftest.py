@@ -27,3 +27,12 @@ def tiny_llama():
     from nagindex.testing import tiny_backbone
 
     return tiny_backbone("llama")
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist every worker is its own process: one intra-op thread
+    # each avoids oversubscribing the cores (spin-waiting threads make tiny
+    # models many times slower on a busy machine).
+    import torch
+
+    torch.set_num_threads(1)

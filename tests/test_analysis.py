@@ -287,6 +287,15 @@ def test_contributions_sum_to_spec_similarity(pool_and_target):
             assert contrib[i, l] == sum(W[l, row[l * K_ + r]] for r in range(K_))
 
 
+def test_block_reductions_equal_whole_pool(pool_and_target, monkeypatch):
+    pool, target = pool_and_target
+    W, D = plain_profile(target, L_, K_, W_)
+    whole = analysis.layer_contributions(pool.features, W, K_)
+    monkeypatch.setattr(analysis, "BLOCK_ROWS", 7)  # 60 rows: 9 blocks, the last one short
+    np.testing.assert_array_equal(analysis.document_scores(pool.features, W, K_), whole.sum(axis=1))
+    np.testing.assert_allclose(analysis.mean_layer_contributions(pool.features, W, K_), whole.mean(axis=0))
+
+
 def test_contributions_match_scoring_module(pool_and_target):
     scoring = pytest.importorskip("nagindex.scoring")
     pool, target = pool_and_target

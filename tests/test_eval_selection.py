@@ -122,3 +122,21 @@ def test_nag_beats_random_on_real_text(tmp_path):
     # A rerun reads the cached features instead of extracting again.
     cached = sorted(p.name for p in (tmp_path / "cache").rglob("*.npz"))
     assert any(n.startswith("nag_fwd_up_K50") for n in cached)
+
+
+def test_length_leak_sees_a_scorer_that_copies_item_length():
+    rng = np.random.default_rng(0)
+    token_num = np.arange(1, 201)
+    docids = [f"d{i:03d}" for i in range(200)]
+    targets = [E.Target(f"t{j}", "x", ["a" * int(n) for n in rng.integers(1, 200, 40)]) for j in range(3)]
+
+    def copies_length(i, items):  # prefers documents as long as the items
+        mean_len = np.mean([len(targets[i].texts[k]) for k in items])
+        return -np.abs(token_num - mean_len)
+
+    def ignores_length(i, items):
+        return -np.abs(token_num - 100.0)
+
+    leak = E.length_leak(targets, {"copies": copies_length, "ignores": ignores_length}, docids, token_num, top=10)
+    assert leak["copies"] > 0.95
+    assert np.isnan(leak["ignores"])  # constant selection: no correlation to speak of

@@ -425,23 +425,27 @@ def test_kill_9_mid_run_then_rerun(tmp_path, saved_tiny):
     import time
 
     bb, model_dir = saved_tiny
-    n = 120
+    n = 40
     docs = [TEXTS[i % len(TEXTS)] + f" #{i}" for i in range(n)]
     src = _web_parquet(tmp_path / "pool.parquet", [f"p{i}" for i in range(n)], docs)
     out = tmp_path / "feat.parquet"
     args = [str(src), "--out", str(out), "--model", str(model_dir), "--top-k", str(K), "--shard-size", "2",
             "--batch-size", "1", "--no-progress"]
     proc = subprocess.Popen([sys.executable, "-m", "nagindex.extraction", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "child.err", "w"))
+    deadline = time.time() + 300  # a busy machine can be very slow; no timing is asserted
     while time.time() < deadline and proc.poll() is None and len(list(parts_dir(out).glob("part-*"))) < 3:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_midway = not out.exists()
-    summary = extract_files([src], out, model=bb, top_k=K, shard_size=2, batch_size=1, progress=False)
-    if killed_midway:
-        assert summary["shards_reused"] >= 1 and summary["computed"] < n
+    parts_at_kill = len(list(parts_dir(out).glob("part-*"))) if not out.exists() else 0
+    assert "Traceback" not in (tmp_path / "child.err").read_text()
+    # Rerun exactly as the killed command (same --model, so the same job).
+    summary = extract_files([src], out, model=str(model_dir), top_k=K, shard_size=2, batch_size=1,
+                            progress=False, device="cpu")
+    if parts_at_kill:
+        assert summary["shards_reused"] == parts_at_kill  # parts appear only complete (rename)
+        assert summary["computed"] < n
     want = extract_texts(bb, docs, top_k=K)["fwd_up"]
     table, spec = nio.read_feature_files([out])
     np.testing.assert_array_equal(nio.features_from_table(table, spec)["fwd_up"], want)

@@ -299,7 +299,12 @@ def test_embedded_backbone_deactivation_smoke(embedded_backbone):
     texts = ["Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May."]
     control = ["The trophy doesn't fit into the brown suitcase because it is too large."]
     keys = {l: list(range(0, 1536, 16)) for l in range(30)}  # 96 per layer: a visible effect
-    rep = analysis.deactivation_eval(bb, keys, texts, control, seeds=(0,), max_length=32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a few short texts: one thread is as fast, and robust on a busy machine
+    try:
+        rep = analysis.deactivation_eval(bb, keys, texts, control, seeds=(0,), max_length=32)
+    finally:
+        torch.set_num_threads(threads)
     assert rep.zeroed == 30 * 96 and rep.total_neurons == 30 * 1536
     assert 0 < rep.intact["target"] < 10 and rep.keys["target"] != rep.intact["target"]
     again = analysis.mean_token_loss(bb.model, bb.tokenizer, texts, max_length=32)

@@ -492,3 +492,19 @@ def test_raw_text_targets_are_extracted_with_the_index_backbone(tmp_path, tiny_l
     assert got.summary["targets"] == {str(target): 2}
     with pytest.raises(NagError, match="empty"):
         Q.run_query(index, [str(target)], top=8, target_filter="nothing")
+
+
+def test_planner_skips_hopeless_inverted_tries():
+    from nagindex import scoring
+
+    rng = np.random.default_rng(7)
+    L, K, W = 3, 4, 64
+    index = MemoryIndex(make_spec(L, K, W), *make_pool(rng, 3000, L, K, W))
+    live = Q.live_rows(index)
+    focused = scoring.build_profile(index._features[:3], num_layers=L, top_k=K, width=W)
+    spread = scoring.build_profile(random_features(rng, 200, L, K, W), num_layers=L, top_k=K, width=W)
+    # a focused target whose heavy lists fit in the cap: worth a try
+    assert Q.inverted_looks_hopeless(index, focused, "fwd_up", live, share=5 / 3000, max_postings_share=0.5) == (False, "")
+    # a target spread like the pool: the bound cannot drop within 5% of the postings
+    hopeless, why = Q.inverted_looks_hopeless(index, spread, "fwd_up", live, share=5 / 3000, max_postings_share=0.05)
+    assert hopeless and "bound" in why

@@ -15,6 +15,14 @@ ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'nagi
 pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install 'nagindex[ray]')")
 pytest.importorskip("lance", reason="pylance is not installed (pip install 'nagindex[ray]')")
 
+# One Ray cluster for the module: with xdist, `--dist loadgroup` keeps these tests in one worker.
+pytestmark = [
+    pytest.mark.ray,
+    pytest.mark.xdist_group("ray"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:.*fork.*:UserWarning"),
+]
+
 from nagindex import query as Q  # noqa: E402
 from nagindex import scoring, selection  # noqa: E402
 from nagindex.engines import check_engine, require_ray  # noqa: E402

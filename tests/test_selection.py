@@ -93,3 +93,15 @@ def test_quality_combination():
 def test_float_keys_tie_break_on_docid():
     keys = np.array([0.5, 0.25, 0.5, 0.25])
     assert selection.exact_order(keys, pa.array(["z", "y", "a", "b"])).tolist() == [3, 1, 2, 0]
+
+
+@pytest.mark.parametrize("fraction", [0.0001, 0.05, 0.2, 0.7, 1.0])
+def test_large_pool_counting_cut_matches_the_reference(fraction):
+    # >= 4096 rows with integer keys take the counting-pass shortcut
+    rng = np.random.default_rng(5)
+    n = 20_000
+    scores = rng.integers(0, 300, n).tolist()
+    tokens = rng.integers(0, 50, n).tolist()
+    docids = [f"d{x}" for x in rng.permutation(n)]
+    got = selection.budget_selection(-np.array(scores, dtype=np.int64), np.array(tokens), pa.array(docids), fraction)
+    assert got.tolist() == reference_budget(docids, scores, tokens, fraction)

@@ -33,13 +33,13 @@ def extract(
         DEFAULT_NEURON_TYPE,
         "--neuron-types",
         "-t",
-        help=f"Comma-separated neuron types to extract, from {', '.join(NEURON_TYPES)}. Default: fwd_up.",
+        help=f"Comma-separated neuron types to extract, from {', '.join(NEURON_TYPES)}.",
     ),
-    top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", "-k", help="Neurons kept per layer (K). Default: 20."),
+    top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", "-k", help="Neurons kept per layer (K)."),
     max_length: int = typer.Option(
-        DEFAULT_MAX_LENGTH, "--max-length", help="Tokens read per document; longer ones are truncated. Default: 120."
+        DEFAULT_MAX_LENGTH, "--max-length", help="Tokens read per document; longer ones are truncated."
     ),
-    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Documents per forward pass. Default: 32."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Documents per forward pass."),
     export_jsonl: Optional[Path] = typer.Option(
         None, "--export-jsonl", help="Also write the features in the upstream NAG JSONL layout to this file."
     ),
@@ -49,8 +49,7 @@ def extract(
     shard_size: int = typer.Option(
         10_000,
         "--shard-size",
-        help="Documents per resumable shard: finished shards are kept in <out>.parts/ and a rerun skips them. "
-        "Default: 10000.",
+        help="Documents per resumable shard: finished shards are kept in <out>.parts/ and a rerun skips them.",
     ),
     device: Optional[str] = typer.Option(
         None, "--device", help="cpu, cuda, cuda:1 ... Default: this process's GPU if there is one, else cpu."

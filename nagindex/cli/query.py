@@ -97,6 +97,8 @@ def query(
     contrast: str = typer.Option("none", "--contrast", help="Profile weighting: none (SPEC 2) or pool (weight "
                                  "neurons by how much more often they fire in the target than in the pool). Default: none."),
     plan: str = typer.Option("auto", "--plan", help="Ranking path: auto, scan or inverted (the answer is the same). Default: auto."),
+    engine: str = typer.Option("local", "--engine", help="local (this machine) or ray (score on a Ray cluster; "
+                               "same answer). Default: local."),
     explain_plan: bool = typer.Option(False, "--explain-plan", help="Print which path ranked each target and why."),
     fmt: str = typer.Option("auto", "--format", "-f", help="Layout of TARGET files: auto, web, final, jsonl or txt. Default: auto."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Target documents per forward pass. Default: 32."),
@@ -110,7 +112,7 @@ def query(
     try:
         _query(index_dir, targets, out, fraction, top, target_features, target_filter, target_filter_col, power,
                layers, neuron_type, dedupe, quality_col, invert_quality, with_text, contrast, plan, explain_plan,
-               fmt, batch_size, progress)
+               fmt, batch_size, progress, engine)
     except NagError as exc:
         # typer vendors its own click, which does not treat NagError as a
         # ClickException: print it as one line and exit 2 ourselves.
@@ -120,7 +122,7 @@ def query(
 
 def _query(index_dir, targets, out, fraction, top, target_features, target_filter, target_filter_col, power,
            layers, neuron_type, dedupe, quality_col, invert_quality, with_text, contrast, plan, explain_plan,
-           fmt, batch_size, progress) -> None:
+           fmt, batch_size, progress, engine="local") -> None:
     from ..query import run_query
     from ..store import Index
 
@@ -145,6 +147,7 @@ def _query(index_dir, targets, out, fraction, top, target_features, target_filte
         with_text=with_text,
         contrast=None if contrast == "none" else contrast,
         plan=plan,
+        engine=engine,
         fmt=fmt,
         batch_size=batch_size,
         progress=progress,

@@ -3,19 +3,19 @@
 Extraction is a Ray Data `map_batches` over a callable class: each actor loads
 the backbone once (on its own GPU where the cluster has GPUs: one actor per
 GPU, ``num_gpus=1``; otherwise CPU actors) and runs the local engine's
-`extract_texts` on its blocks. Every row carries its position in the input, so
-the driver puts the streamed results back in input order, whatever order the
-blocks finish in; the caller then commits them to the index once, through the
-store's own (atomic) append, so an index never holds a half-run.
+`extract_texts` on its blocks. The blocks stream back to the driver in input
+order (checked row by row), and the store commits them with its own single,
+atomic append, so an index never holds a half-run and its rows are in the
+same order as with the local engine.
 
-Ranking is a parallel scan: the index's rows are cut into blocks; each Ray task
-reads its block's features at the pinned index version, scores them with the
-product's integer kernel (`scoring.score_features`) and returns only the rows
-that can still be selected (its own top N, or its own prefix under the global
-token budget, see `budget_candidates`). The driver merges the candidates with
-the same exact order as the local engine (score descending, docid ascending)
-and applies the same selection rule, so the selected docids, their order and
-their distances are identical to the local engine's.
+Ranking is a parallel scan of the index's Lance table at the version its
+manifest pins (``ray.data.read_lance``): each block is scored for every target
+with the product's integer kernel (`scoring.score_features`) and returns only
+the rows that can still be selected (`block_candidates`: its own top N, or its
+own prefix under the global token budget, tie groups at the edge whole). The
+driver runs the local engine's selection over these candidates (docid
+tie-break, budget cut), so the selected docids, their order and their
+distances are identical to the local engine's.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
