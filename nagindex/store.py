@@ -190,6 +190,7 @@ class Index:
         max_length: int = DEFAULT_MAX_LENGTH,
         batch_size: int = 32,
         progress: bool = True,
+        engine: str = "local",
     ) -> "Index":
         """Index the documents of `pools`.
 
@@ -204,8 +205,16 @@ class Index:
             raise NagError(f"{path} already exists and is not empty; use `nag index append` to add documents")
         pools = _as_list(pools)
         features = _as_list(features) if features is not None else None
-        backbone = _resolve_backbone(model) if (model is not None or not features) else None
-        if features:
+        from .backbones import Backbone
+        from .engines import check_engine, require_ray
+
+        engine = check_engine(engine)
+        remote = engine == "ray" and not features and not isinstance(model, Backbone)
+        backbone = _resolve_backbone(model) if (model is not None or not features) and not remote else None
+        if remote:
+            # the cluster loads the model; the driver only needs the spec
+            spec = require_ray().remote_feature_spec(model, neuron_types=neuron_types, top_k=top_k, max_length=max_length)
+        elif features:
             file_spec = ingest.feature_file_spec(features)
             if backbone is not None:
                 from .extraction import feature_spec
@@ -231,7 +240,8 @@ class Index:
         try:
             index = cls.create(tmp, spec)
             index._backbone = backbone
-            index.append(pools, features=features, fmt=fmt, progress=progress, batch_size=batch_size, _model=backbone)
+            index.append(pools, features=features, fmt=fmt, progress=progress, batch_size=batch_size,
+                         _model=backbone if backbone is not None else model, engine=engine)
             if path.exists():
                 path.rmdir()
             os.rename(tmp, path)
@@ -367,6 +377,18 @@ class Index:
             self._backbone = backbone
         return self._backbone
 
+    def query(self, targets=(), **options):
+        """Rank this index against target sets; returns the selection as an Arrow table.
+
+        `targets` are raw-text files (extracted with this index's backbone) or,
+        with ``target_features=[...]``, precomputed feature files. Options are
+        those of `nagindex.query.run_query` (fraction, top, power, layers, ...),
+        which also returns the summary and the plan behind the table.
+        """
+        from .query import run_query
+
+        return run_query(self, targets, **options).table
+
     def info(self) -> dict:
         """Documents, tokens, backbone, L, K, neuron types, versions, pending deltas, size on disk."""
         spec, m = self.spec, self.manifest
@@ -455,6 +477,7 @@ class Index:
         progress: bool = True,
         fmt: str = "auto",
         batch_size: int = 32,
+        engine: str = "local",
         _model: Any = None,
     ) -> AppendResult:
         """Add documents: from pool files (features extracted, or imported from
@@ -465,6 +488,8 @@ class Index:
         `replace=True` the old rows are replaced. All or nothing: a crash
         leaves the index as it was before the call.
         """
+        from .engines import check_engine, require_ray
+
         spec = self.spec
         if (pools is None) == (documents is None):
             raise NagError("give either pool files or a documents table to append")
@@ -484,6 +509,10 @@ class Index:
                     if missing:
                         raise NagError(f"the feature files have no {', '.join(missing)} features, which this index needs")
                 batches = ingest.join_features(docs, ingest.iter_feature_tables(features, self.batch_rows), spec)
+            elif check_engine(engine) == "ray":
+                # Ray actors extract (and count missing token_num); the commit below is the same.
+                source = _model if _model is not None else (self._backbone or _backbone_source(spec))
+                batches = require_ray().extract_batches(docs, model=source, spec=spec, batch_size=batch_size)
             else:
                 backbone_getter = (lambda: _model) if _model is not None else self.backbone
                 batches = ingest.extracted_batches(docs, backbone_getter, spec, batch_size)

@@ -20,6 +20,11 @@ _FEATURES_HELP = (
     "or upstream NAG JSONL. They are joined to the pool documents on docid."
 )
 _FORMAT_HELP = "Pool layout: auto (by extension and columns), web, final, jsonl or txt. Default: auto."
+_ENGINE_HELP = (
+    "Where extraction runs: local (this process) or ray (Ray Data actors on the cluster named by "
+    "RAY_ADDRESS, else a local Ray; one actor per GPU, CPU actors where there is none; needs "
+    "pip install 'nagindex[ray]'). Same index either way. Default: local."
+)
 
 
 def _human_bytes(n: int) -> str:
@@ -56,6 +61,7 @@ def build(
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Documents per forward pass. Default: 32."),
     fmt: str = typer.Option("auto", "--format", "-f", help=_FORMAT_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    engine: str = typer.Option("local", "--engine", help=_ENGINE_HELP),
 ) -> None:
     """Index POOL files into a new INDEX_DIR.
 
@@ -69,6 +75,7 @@ def build(
     index = Index.build(
         index_dir, pools, model=model, features=features or None, fmt=fmt, top_k=top_k,
         neuron_types=neuron_types, max_length=max_length, batch_size=batch_size, progress=progress,
+        engine=engine,
     )
     info = index.info()
     typer.echo(f"indexed {info['documents']} documents ({info['tokens']} tokens) into {index_dir}")
@@ -87,6 +94,7 @@ def append(
     fmt: str = typer.Option("auto", "--format", "-f", help=_FORMAT_HELP),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Documents per forward pass. Default: 32."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    engine: str = typer.Option("local", "--engine", help=_ENGINE_HELP),
 ) -> None:
     """Add the documents of POOL files to INDEX_DIR.
 
@@ -97,7 +105,8 @@ def append(
     from ..store import Index
 
     index = Index.open(index_dir)
-    result = index.append(pools, features=features or None, replace=replace, fmt=fmt, batch_size=batch_size, progress=progress)
+    result = index.append(pools, features=features or None, replace=replace, fmt=fmt, batch_size=batch_size,
+                          progress=progress, engine=engine)
     typer.echo(
         f"added {result.added}, skipped {result.skipped} already indexed, replaced {result.replaced}; "
         f"{index.num_documents} documents in {index_dir}"
