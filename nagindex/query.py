@@ -266,19 +266,6 @@ class InvertedResult:
     stats: dict
 
 
-def _list_ids(invlists, list_no: int) -> np.ndarray:
-    import faiss
-
-    n = invlists.list_size(list_no)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    ptr = invlists.get_ids(list_no)
-    try:
-        return faiss.rev_swig_ptr(ptr, n).copy()
-    finally:
-        invlists.release_ids(list_no, ptr)
-
-
 def _budget_threshold(acc: np.ndarray, live: np.ndarray, tokens: np.ndarray, budget: int) -> int | None:
     """Largest theta such that the live rows with acc >= theta hold more than
     `budget` tokens (None when even all touched rows do not)."""
@@ -318,6 +305,8 @@ def inverted_candidates(
     acc + R >= theta, so the rows with acc + R >= theta contain the answer
     (the untouched rows, acc = 0, are out once R < theta).
     """
+    from .postings import list_ids  # faiss loads only when the lists are used
+
     spec = index.spec
     width = profile.width
     k = profile.top_k
@@ -357,7 +346,7 @@ def inverted_candidates(
         # read lists until this round's quota of postings is used up
         target_read = read + quota
         while t < len(w) and read < target_read:
-            ids = _list_ids(inv, int(list_no[t]))
+            ids = list_ids(inv, int(list_no[t]))
             if len(ids) > 1 and bool(np.any(ids[1:] <= ids[:-1])):
                 # a row listed twice (a NAG naming one neuron twice in a layer)
                 # or unsorted lists: the bound assumes neither, so scan instead
