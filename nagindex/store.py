@@ -315,14 +315,28 @@ class Index:
         return stack_postings([s.postings(neuron_type) for s in self._segments])
 
     def _lance(self):
+        """The documents table at the manifest's version, for reading.
+
+        Reads go through the Lance dataset itself (pylance) where it is
+        installed: `import lancedb` costs over 2 s of start-up (its REST
+        namespace client), which dominated a `nag query` from the CLI, while
+        the dataset reader loads in a fraction of that. Writes stay with
+        LanceDB. Both objects answer `.schema` and take rows by offset.
+        """
         if self._table is None:
             if self.manifest.lance_version is None:
                 return None
-            import lancedb
+            try:
+                import lance
+            except ImportError:
+                import lancedb
 
-            table = lancedb.connect(str(self.path)).open_table(self.manifest.lance_table)
-            table.checkout(self.manifest.lance_version)
-            self._table = table
+                table = lancedb.connect(str(self.path)).open_table(self.manifest.lance_table)
+                table.checkout(self.manifest.lance_version)
+                self._table = _LanceDBReader(table)
+            else:
+                uri = self.path / f"{self.manifest.lance_table}.lance"
+                self._table = _LanceReader(lance.dataset(str(uri), version=self.manifest.lance_version))
         return self._table
 
     def columns(self) -> list[str]:
@@ -357,7 +371,7 @@ class Index:
         parts = []
         for i in range(0, len(unique), 4 * self.batch_rows):
             chunk = unique[i : i + 4 * self.batch_rows]
-            parts.append(table.take_offsets(chunk.tolist()).select(columns).to_arrow())
+            parts.append(table.take(chunk, columns))
         got = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
         if got.num_rows != len(unique):
             raise NagError(f"index {self.path} is damaged: asked for {len(unique)} rows, Lance returned {got.num_rows}")
@@ -814,3 +828,25 @@ def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
     buf = io.BytesIO()
     np.save(buf, array)
     atomic_write_bytes(path, buf.getvalue())
+
+
+class _LanceReader:
+    """Rows by offset from a pylance dataset pinned to one version."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.schema = dataset.schema
+
+    def take(self, offsets: np.ndarray, columns: list[str]) -> pa.Table:
+        return self.dataset.take(offsets.tolist(), columns=columns)
+
+
+class _LanceDBReader:
+    """The same through LanceDB, where pylance is not installed."""
+
+    def __init__(self, table):
+        self.table = table
+        self.schema = table.schema
+
+    def take(self, offsets: np.ndarray, columns: list[str]) -> pa.Table:
+        return self.table.take_offsets(offsets.tolist()).select(columns).to_arrow()

@@ -135,6 +135,38 @@ def test_append_then_open_round_trip(tmp_path):
         index.take([0], columns=["nope"])
 
 
+@pytest.mark.parametrize("reader", ["lance", "lancedb"])
+def test_take_reads_the_pinned_version_through_either_reader(tmp_path, monkeypatch, reader):
+    """Reads use pylance where installed, LanceDB otherwise: same rows, same pinned version."""
+    import builtins
+
+    rng = np.random.default_rng(5)
+    index = small_index(tmp_path / "idx")
+    index.append(documents=docs_table([f"a{i}" for i in range(10)]), feature_arrays={"fwd_up": random_features(rng, 10)}, progress=False)
+    snapshot = Index.open(tmp_path / "idx")
+    Index.open(tmp_path / "idx").append(
+        documents=docs_table([f"b{i}" for i in range(5)]), feature_arrays={"fwd_up": random_features(rng, 5)}, progress=False
+    )
+    if reader == "lancedb":
+        real_import = builtins.__import__
+
+        def no_pylance(name, *args, **kwargs):
+            if name == "lance":
+                raise ImportError("pylance hidden by the test")
+            return real_import(name, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "__import__", no_pylance)
+    else:
+        pytest.importorskip("lance")
+    rows = np.array([9, 0, 4, 4])
+    got = snapshot.take(rows, columns=["docid", "_row"])
+    assert got.column("docid").to_pylist() == [f"a{r}" for r in rows]
+    assert got.column("_row").to_pylist() == rows.tolist()
+    assert snapshot.num_rows == 10  # the append after the snapshot stays invisible to it
+    fresh = Index.open(tmp_path / "idx")
+    assert fresh.take(np.array([14]), columns=["docid"]).column("docid").to_pylist() == ["b4"]
+
+
 def test_skip_and_replace(tmp_path):
     rng = np.random.default_rng(5)
     index = small_index(tmp_path / "idx")
