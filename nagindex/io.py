@@ -89,8 +89,8 @@ def _array(values: list) -> pa.Array:
         return pa.array([None if v is None else (v if isinstance(v, str) else json.dumps(v)) for v in values], pa.string())
 
 
-def _read_jsonl(path: Path) -> pa.Table:
-    rows = []
+def _jsonl_records(path: Path):
+    """(line number, object) of every non-blank line; a clear error for anything else."""
     with _open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -101,7 +101,11 @@ def _read_jsonl(path: Path) -> pa.Table:
                 raise NagError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
             if not isinstance(obj, dict):
                 raise NagError(f"{path}:{lineno}: expected a JSON object per line")
-            rows.append(obj)
+            yield lineno, obj
+
+
+def _read_jsonl(path: Path) -> pa.Table:
+    rows = [obj for _, obj in _jsonl_records(path)]
     keys: dict[str, None] = {}
     for r in rows:
         keys.update(dict.fromkeys(r))
@@ -428,24 +432,17 @@ def features_from_table(table: pa.Table, spec_or_types: FeatureSpec | Sequence[s
 def _read_upstream_jsonl(path: Path) -> pa.Table:
     docids: list[str] = []
     cols: dict[str, list] = {}
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+    for lineno, obj in _jsonl_records(path):
+        if DOCID not in obj:
+            raise NagError(f"{path}:{lineno}: no 'docid'")
+        docids.append(str(obj[DOCID]))
+        for key, value in obj.items():
+            if not key.endswith("_feature"):
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise NagError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if DOCID not in obj:
-                raise NagError(f"{path}:{lineno}: no 'docid'")
-            docids.append(str(obj[DOCID]))
-            for key, value in obj.items():
-                if not key.endswith("_feature"):
-                    continue
-                values = value.get("layer_topk_value_index") if isinstance(value, dict) else value
-                if not isinstance(values, list):
-                    raise NagError(f"{path}:{lineno}: {key} has no layer_topk_value_index list")
-                cols.setdefault(key, []).append(values)
+            values = value.get("layer_topk_value_index") if isinstance(value, dict) else value
+            if not isinstance(values, list):
+                raise NagError(f"{path}:{lineno}: {key} has no layer_topk_value_index list")
+            cols.setdefault(key, []).append(values)
     if not cols:
         raise NagError(f"{path}: no '<type>_feature' fields found")
     arrays = {DOCID: pa.array(docids, pa.string())}
