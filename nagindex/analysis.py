@@ -274,20 +274,27 @@ def apply_deactivation(model: Any, keys: Mapping[int, Sequence[int]]) -> int:
     """
     import torch
 
-    projections = up_projections(model)
-    check_keys_fit(keys, projections)
     count = 0
     with torch.no_grad():
-        for layer, neurons in keys.items():
-            idx = sorted({int(n) for n in neurons})
-            if not idx:
-                continue
-            proj = projections[int(layer)]
-            index = torch.tensor(idx, dtype=torch.long, device=proj.module.weight.device)
-            for tensor, axis in _neuron_tensors(proj):
+        for index, tensors in _keyed_tensors(model, keys):
+            for tensor, axis in tensors:
                 tensor.index_fill_(axis, index, 0.0)
-            count += len(idx)
+            count += len(index)
     return count
+
+
+def _keyed_tensors(model: Any, keys: Mapping[int, Sequence[int]]):
+    """Per keyed layer: the neuron indices (a device tensor) and the (tensor, axis) pairs holding them."""
+    import torch
+
+    projections = up_projections(model)
+    check_keys_fit(keys, projections)
+    for layer, neurons in keys.items():
+        idx = sorted({int(n) for n in neurons})
+        if not idx:
+            continue
+        proj = projections[int(layer)]
+        yield torch.tensor(idx, dtype=torch.long, device=proj.module.weight.device), list(_neuron_tensors(proj))
 
 
 @contextmanager
@@ -295,16 +302,9 @@ def deactivated(model: Any, keys: Mapping[int, Sequence[int]]) -> Iterator[int]:
     """Zero the keyed neurons for the duration of a `with` block, then restore them exactly."""
     import torch
 
-    projections = up_projections(model)
-    check_keys_fit(keys, projections)
     saved = []
-    for layer, neurons in keys.items():
-        idx = sorted({int(n) for n in neurons})
-        if not idx:
-            continue
-        proj = projections[int(layer)]
-        index = torch.tensor(idx, dtype=torch.long, device=proj.module.weight.device)
-        for tensor, axis in _neuron_tensors(proj):
+    for index, tensors in _keyed_tensors(model, keys):
+        for tensor, axis in tensors:
             saved.append((tensor, axis, index, tensor.detach().index_select(axis, index).clone()))
     try:
         yield apply_deactivation(model, keys)
