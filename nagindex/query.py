@@ -176,12 +176,9 @@ def pool_neuron_counts(index, neuron_type: str, live: np.ndarray) -> np.ndarray:
 
 def read_rows(index, neuron_type: str, rows: np.ndarray) -> np.ndarray:
     """Feature rows at sorted global `rows`, gathered from the segments."""
-    out = np.empty((len(rows), index.spec.feature_length), dtype=np.uint16)
-    for first, matrix in index.feature_segments(neuron_type):
-        lo, hi = np.searchsorted(rows, [first, first + len(matrix)])
-        if hi > lo:
-            out[lo:hi] = matrix[rows[lo:hi] - first]
-    return out
+    from .segment import gather_rows
+
+    return gather_rows(index.feature_segments(neuron_type), rows, index.spec.feature_length)
 
 
 def scan_scores(index, profiles: Sequence[scoring.Profile], neuron_type: str, *, progress: bool = False) -> np.ndarray:

@@ -165,3 +165,13 @@ class Segment:
 
     def postings(self, neuron_type: str):
         return self.postings_by_type[neuron_type]
+
+
+def gather_rows(segments, rows: np.ndarray, feature_length: int) -> np.ndarray:
+    """Feature rows at sorted global `rows`, gathered from (first row, matrix) segments."""
+    out = np.empty((len(rows), feature_length), dtype=np.uint16)
+    for first, matrix in segments:
+        lo, hi = np.searchsorted(rows, [first, first + len(matrix)])
+        if hi > lo:
+            out[lo:hi] = matrix[rows[lo:hi] - first]
+    return out

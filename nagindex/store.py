@@ -54,7 +54,7 @@ from .schemas import (
     feature_column,
     index_schema,
 )
-from .segment import Segment, SegmentWriter
+from .segment import Segment, SegmentWriter, gather_rows
 
 # Lance logs "No existing dataset ... will be created" as a warning on every new table.
 os.environ.setdefault("LANCEDB_LOG", "error")
@@ -797,12 +797,7 @@ class Index:
 
     def _feature_rows(self, neuron_type: str, rows: np.ndarray) -> np.ndarray:
         """Feature rows at sorted global `rows`, gathered from the segments."""
-        out = np.empty((len(rows), self.spec.feature_length), dtype=np.uint16)
-        for first, matrix in self.feature_segments(neuron_type):
-            lo, hi = np.searchsorted(rows, [first, first + len(matrix)])
-            if hi > lo:
-                out[lo:hi] = matrix[rows[lo:hi] - first]
-        return out
+        return gather_rows(self.feature_segments(neuron_type), rows, self.spec.feature_length)
 
 
 # -- helpers ---------------------------------------------------------------------
