@@ -33,8 +33,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from nagindex.backbones import backbone_from_model, load_backbone, resolve_dtype  # noqa: E402
-from nagindex.extraction import extract_texts  # noqa: E402
+from nagindex.extraction.backbones import backbone_from_model, load_backbone, resolve_dtype  # noqa: E402
+from nagindex.extraction.features import extract_texts  # noqa: E402
 from nagindex.schemas import NEURON_TYPES, parse_neuron_types  # noqa: E402
 
 DEFAULT_POOL = Path(__file__).resolve().parents[2] / "shared" / "eval" / "pool.jsonl.gz"

@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nagindex import scoring
+from nagindex.ranking import scoring
 from nagindex.io import features_table
 from nagindex.schemas import FeatureSpec, feature_column
 
@@ -188,7 +188,7 @@ def peak_rss_mb(cmd: list[str]) -> tuple[float, float]:
 
 
 def build_index(work: Path, n: int, seed: int, zipf: float, tag: str) -> tuple[Path, Path, Path, float]:
-    from nagindex.store import Index
+    from nagindex import Index
 
     d = work / f"pool-{tag}"
     idx = d / "index"
@@ -281,8 +281,8 @@ def end_to_end_figures(args, work, idx, payload, features, target_path) -> None:
     t_cli = min(t_cli, peak_rss_mb(cmd)[1])
     print(f"(b) nag query --target-features (fraction 0.2, --with-text): {t_cli:.2f} s wall, peak RSS {rss:.0f} MiB")
     from nagindex.io import write_table_atomic
-    from nagindex.query import run_query
-    from nagindex.store import Index
+    from nagindex.ranking.query import run_query
+    from nagindex import Index
 
     def api_query():
         index = Index.open(idx)
@@ -304,8 +304,8 @@ def end_to_end_figures(args, work, idx, payload, features, target_path) -> None:
 
 
 def inverted_figures(args, idx, target_path) -> None:
-    from nagindex.query import run_query
-    from nagindex.store import Index
+    from nagindex.ranking.query import run_query
+    from nagindex import Index
 
     index = Index.open(idx)
     top = min(1000, max(args.n // 100, 1))

@@ -1,7 +1,7 @@
 """score_features throughput on a synthetic 1M x 560 uint16 matrix (L=28, K=20, width 6144)."""
 import os, sys, time
 import numpy as np
-from nagindex import scoring
+from nagindex.ranking import scoring
 L, K, W, N = 28, 20, 6144, 1_000_000
 rng = np.random.default_rng(0)
 feats = rng.integers(0, W, size=(N, L * K), dtype=np.uint16)

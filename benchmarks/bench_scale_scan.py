@@ -2,10 +2,12 @@
 import time, shutil, sys
 from pathlib import Path
 import numpy as np, pyarrow as pa
-from nagindex import scoring, query as Q, selection
+from nagindex.ranking import scoring
+from nagindex.ranking import scan as S
+from nagindex.ranking import selection
 from nagindex.schemas import FeatureSpec
-from nagindex.store import Index
-from nagindex.engines import ray_engine as R
+from nagindex import Index
+from nagindex.engines import ray as R
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 300_000
 L, K, W = 28, 20, 6144
 rng = np.random.default_rng(0)
@@ -19,7 +21,7 @@ index = Index.open(path)
 profiles = [scoring.build_profile(feats[rng.choice(N, 500)], num_layers=L, top_k=K, width=W) for _ in range(6)]
 T = int(index.token_num().sum())
 for m in (1, 6):
-    t = time.perf_counter(); Q.scan_scores(index, profiles[:m], "fwd_up"); loc = time.perf_counter() - t
+    t = time.perf_counter(); S.scan_scores(index, profiles[:m], "fwd_up"); loc = time.perf_counter() - t
     print(f"local scan, {m} target(s): {loc:.2f}s = {N/loc:,.0f} docs/s")
 R.connect(num_cpus=2)
 R.scan_candidates(index, profiles[:1], "fwd_up", budgets=[selection.token_budget(T, 0.2)])  # warm workers

@@ -3,7 +3,7 @@ import gzip, json, os, sys, time, shutil
 from pathlib import Path
 import numpy as np, pyarrow as pa
 from nagindex.schemas import FeatureSpec
-from nagindex.store import Index
+from nagindex import Index
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
 L, K, W = 28, 20, 6144
 texts, ids = [], []

@@ -15,8 +15,8 @@ targets and budget): NAG as the SPEC defines it (embedded backbone, fwd_up,
 K=20, all layers, power 1), NAG variants (layers, K, neuron types, power,
 pool contrast), TF-IDF and MiniLM cosine to the target centroid, DSIR, random.
 
-NAG features come from `nagindex.extraction.extract_texts` and NAG scores from
-`nagindex.scoring` -- the code users run. Features are extracted once at the
+NAG features come from `nagindex.extraction.features.extract_texts` and NAG scores from
+`nagindex.ranking.scoring` -- the code users run. Features are extracted once at the
 largest K and cut per layer for smaller K (top-K is sorted, so the first K of
 the top-50 are the top-K; checked on a sample at run time). Features,
 embeddings and token counts are cached under `--cache` so reruns are cheap.
@@ -231,8 +231,8 @@ def nag_scores(
     num_layers: int,
     widths: dict[str, int],
 ) -> np.ndarray:
-    """Score the pool for one target with nagindex.scoring; several types add their similarities."""
-    from nagindex import scoring
+    """Score the pool for one target with nagindex.ranking.scoring; several types add their similarities."""
+    from nagindex.ranking import scoring
 
     total = np.zeros(next(iter(pool_feats.values())).shape[0], dtype=np.float64)
     for t in variant.neuron_types:
@@ -262,7 +262,7 @@ def nag_features(cfg, cache: Path, types: Sequence[str], texts: list[str], backb
     paths = {t: cache / f"nag_{t}_K{extract_k(t)}_ml{max_length}.npz" for t in types}
     missing = [t for t in types if not paths[t].is_file()]
     if missing:
-        from nagindex.extraction import extract_texts
+        from nagindex.extraction.features import extract_texts
 
         bb = backbone()
         k = max(extract_k(t) for t in missing)
@@ -361,14 +361,14 @@ def run(cfg: Config) -> Results | None:
 
     def backbone():
         if "bb" not in backbone_holder:
-            from nagindex.backbones import load_backbone
+            from nagindex.extraction.backbones import load_backbone
 
             backbone_holder["bb"] = load_backbone(None, dtype=cfg.dtype)
         return backbone_holder["bb"]
 
     # Token counts of the pool with the embedded tokenizer (the budget's unit).
     def count() -> dict[str, np.ndarray]:
-        from nagindex.extraction import count_tokens
+        from nagindex.extraction.features import count_tokens
 
         return {"token_num": np.asarray(count_tokens(backbone().tokenizer, pool_texts), dtype=np.int64)}
 

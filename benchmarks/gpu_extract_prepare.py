@@ -10,7 +10,7 @@ import json
 import random
 from pathlib import Path
 
-from nagindex.backbones import load_backbone
+from nagindex.extraction.backbones import load_backbone
 
 DEFAULT_POOL = Path(__file__).resolve().parents[2] / "shared" / "eval" / "pool.jsonl.gz"
 

@@ -1,7 +1,7 @@
 """nagindex: target-oriented pretraining data selection as a retrieval system."""
 
-from .errors import NagError
-from .schemas import FeatureSpec, NEURON_TYPES
+from nagindex.errors import NagError
+from nagindex.schemas import FeatureSpec, NEURON_TYPES
 
 __version__ = "0.1.0"
 
@@ -13,7 +13,7 @@ def __getattr__(name: str):
     # when it is used, so that extraction-only work (a GPU worker, `nag extract`)
     # needs neither.
     if name in ("Index", "AppendResult"):
-        from . import store
+        from nagindex import api
 
-        return getattr(store, name)
+        return getattr(api, name)
     raise AttributeError(f"module 'nagindex' has no attribute {name!r}")

@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import NagError
-from .schemas import DATASET, DOCID, TEXT
+from nagindex.errors import NagError
+from nagindex.schemas import DATASET, DOCID, TEXT
 
 DEMO_POOL = "demo_pool.parquet"
 # Target name -> bundled file; the name is also the suffix of the output files.
@@ -90,7 +89,7 @@ def domain_table(
 
 def _open_or_build(index_path: Path, backbone, progress: bool):
     """Reuse the index a previous demo left behind when it matches this backbone; else build one."""
-    from .store import Index
+    from nagindex.api import Index
 
     pool = data_path(DEMO_POOL)
     n_pool = pq.read_metadata(pool).num_rows
@@ -161,10 +160,10 @@ def run_demo(
     or a loaded `Backbone`. `contrast`: the query's profile weighting
     (None = SPEC 2, "pool" = pool contrast).
     """
-    from .backbones import Backbone, load_backbone
-    from .extraction import extract_texts
-    from .io import write_table_atomic
-    from .query import Target, run_query
+    from nagindex.extraction.backbones import Backbone, load_backbone
+    from nagindex.extraction.features import extract_texts
+    from nagindex.io import write_table_atomic
+    from nagindex.ranking.query import Target, run_query
 
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -27,17 +27,18 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import NagError
-from .schemas import (
+from nagindex.atomic import atomic_path
+from nagindex.errors import NagError
+from nagindex.schemas import (
     DATASET,
     DOCID,
     NEURON_TYPES,
@@ -191,27 +192,18 @@ def _normalise(table: pa.Table, source: str, *, require_text: bool, strict: bool
         raise NagError(f"{source}: no 'docid' column (columns: {', '.join(table.column_names) or 'none'})")
     if require_text and TEXT not in table.column_names:
         raise NagError(f"{source}: no 'doc' text column (columns: {', '.join(table.column_names)})")
-    docid = table.column(DOCID)
-    if not pa.types.is_string(docid.type) and not pa.types.is_large_string(docid.type):
-        try:
-            docid = docid.cast(pa.string())
-        except pa.ArrowException:
-            raise NagError(f"{source}: 'docid' must be text, found {docid.type}") from None
-    if docid.null_count:
-        raise NagError(f"{source}: {docid.null_count} documents have no docid")
+    table = set_column(table, DOCID, _docid_column(table.column(DOCID), source))
     skipped = 0
     if TEXT in table.column_names:
         text = table.column(TEXT)
         if pa.types.is_string(text.type) or pa.types.is_large_string(text.type):
-            import pyarrow.compute as pc
-
             ok = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False)
             keep = np.asarray(ok.to_numpy(zero_copy_only=False), dtype=bool)
         else:
             keep = np.array([_is_usable_text(v) for v in text.to_pylist()], dtype=bool)
         skipped = int((~keep).sum())
         if skipped:
-            first = docid.filter(pa.array(~keep))[0].as_py()
+            first = table.column(DOCID).filter(pa.array(~keep))[0].as_py()
             if strict:
                 raise NagError(f"{source}: {skipped} documents have empty or non-string text (first: docid {first!r})")
             warnings.warn(
@@ -221,35 +213,83 @@ def _normalise(table: pa.Table, source: str, *, require_text: bool, strict: bool
                 stacklevel=3,
             )
             table = table.filter(pa.array(keep))
-            docid = docid.filter(pa.array(keep))
-    cols: dict[str, Any] = {DOCID: docid}
-    if TEXT in table.column_names:
         text = table.column(TEXT)
-        cols[TEXT] = text if pa.types.is_string(text.type) else text.cast(pa.string())
+        table = set_column(table, TEXT, text if pa.types.is_string(text.type) else text.cast(pa.string()))
     else:
-        cols[TEXT] = pa.nulls(table.num_rows, pa.string())
+        table = set_column(table, TEXT, pa.nulls(table.num_rows, pa.string()))
+    table = normalize_documents(table, source)
+    # the layout's column order: docid, doc, token_num, dataset, then the payload
+    front = [DOCID, TEXT, TOKEN_NUM, DATASET]
+    return table.select(front + [c for c in table.column_names if c not in front]), skipped
+
+
+def normalize_documents(table: pa.Table, source: str = "documents") -> pa.Table:
+    """docid as non-null string, token_num as nullable int64 >= 0, dataset as string.
+
+    Other columns are kept as they are (the payload).
+    """
+    if DOCID not in table.column_names:
+        raise NagError(f"{source}: no 'docid' column (columns: {', '.join(table.column_names) or 'none'})")
+    table = set_column(table, DOCID, _docid_column(table.column(DOCID), source))
     if TOKEN_NUM in table.column_names:
-        try:
-            cols[TOKEN_NUM] = table.column(TOKEN_NUM).cast(pa.int64())
-        except pa.ArrowException:
-            raise NagError(f"{source}: 'token_num' must be an integer column") from None
+        table = set_column(table, TOKEN_NUM, token_num_column(table.column(TOKEN_NUM), source))
     else:
-        cols[TOKEN_NUM] = pa.nulls(table.num_rows, pa.int64())
+        table = set_column(table, TOKEN_NUM, pa.nulls(table.num_rows, pa.int64()))
     if DATASET in table.column_names:
         ds = table.column(DATASET)
-        cols[DATASET] = ds if pa.types.is_string(ds.type) else ds.cast(pa.string())
+        if not pa.types.is_string(ds.type):
+            try:
+                ds = ds.cast(pa.string())
+            except pa.ArrowException:
+                raise NagError(f"{source}: 'dataset' must be text, found {ds.type}") from None
+        table = set_column(table, DATASET, ds)
     else:
-        cols[DATASET] = pa.nulls(table.num_rows, pa.string())
-    for name in table.column_names:
-        if name not in cols:
-            cols[name] = table.column(name)
-    return pa.table(cols), skipped
+        table = set_column(table, DATASET, pa.nulls(table.num_rows, pa.string()))
+    return table
+
+
+def set_column(table: pa.Table, name: str, column) -> pa.Table:
+    """`table` with column `name` replaced, or appended when it has none."""
+    i = table.schema.get_field_index(name)
+    if i < 0:
+        return table.append_column(name, column)
+    return table.set_column(i, name, column)
+
+
+def _docid_column(docid, source: str):
+    if not pa.types.is_string(docid.type):
+        try:
+            docid = docid.cast(pa.string())
+        except pa.ArrowException:
+            raise NagError(f"{source}: 'docid' must be text, found {docid.type}") from None
+    if docid.null_count:
+        raise NagError(f"{source}: {docid.null_count} documents have no docid")
+    return docid
+
+
+def token_num_column(col, source: str):
+    if pa.types.is_integer(col.type):
+        col = col.cast(pa.int64())
+    elif pa.types.is_floating(col.type):
+        values = col.to_numpy(zero_copy_only=False) if isinstance(col, pa.Array) else col.combine_chunks().to_numpy(zero_copy_only=False)
+        finite = values[~np.isnan(values)]
+        if finite.size and not np.all(np.floor(finite) == finite):
+            bad = finite[np.floor(finite) != finite][0]
+            raise NagError(f"{source}: 'token_num' must be an integer column, found {bad} (not a whole number)")
+        col = pa.array(values, pa.float64(), from_pandas=True).cast(pa.int64())
+    elif pa.types.is_null(col.type):
+        col = col.cast(pa.int64())
+    else:
+        raise NagError(f"{source}: 'token_num' must be an integer column, found {col.type}")
+    if col.null_count < len(col):
+        low = pc.min(col).as_py()
+        if low is not None and low < 0:
+            raise NagError(f"{source}: token_num must be >= 0, found {low}")
+    return col
 
 
 def check_unique_docids(docids: pa.Array | pa.ChunkedArray, source: str = "input") -> None:
     """NagError naming a repeated docid, if any."""
-    import pyarrow.compute as pc
-
     counts = pc.value_counts(docids)
     repeated = counts.filter(pc.greater(counts.field("counts"), 1))
     if len(repeated):
@@ -339,23 +379,10 @@ def iter_document_batches(
 # --------------------------------------------------------------------------
 
 
-def _tmp_sibling(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def write_table_atomic(table: pa.Table, path: str | os.PathLike) -> None:
     """Write a parquet file so that readers see either the old file or the complete new one."""
-    path = Path(path)
-    tmp = _tmp_sibling(path)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # --------------------------------------------------------------------------
@@ -507,17 +534,11 @@ def write_upstream_jsonl(
     """Write the upstream JSONL layout, atomically (`.gz` names are gzip-compressed)."""
     path = Path(path)
     types = spec.neuron_types if spec is not None else tuple(features)
-    tmp = _tmp_sibling(path)
-    try:
-        opener = gzip.open if path.name.lower().endswith(".gz") else open
-        with opener(tmp, "wt", encoding="utf-8") as f:
-            lists = {t: np.asarray(features[t]).tolist() for t in types}
-            for i, docid in enumerate(docids):
-                rec = {DOCID: docid}
-                for t in types:
-                    rec[feature_column(t)] = {"layer_topk_value_index": lists[t][i]}
-                f.write(json.dumps(rec) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with atomic_path(path) as tmp, opener(tmp, "wt", encoding="utf-8") as f:
+        lists = {t: np.asarray(features[t]).tolist() for t in types}
+        for i, docid in enumerate(docids):
+            rec = {DOCID: docid}
+            for t in types:
+                rec[feature_column(t)] = {"layer_topk_value_index": lists[t][i]}
+            f.write(json.dumps(rec) + "\n")

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
-from .errors import NagError
+from nagindex.errors import NagError
 
 NEURON_TYPES: tuple[str, ...] = ("fwd_up", "fwd_down", "att_q", "att_k", "att_v", "att_o")
 DEFAULT_NEURON_TYPE = "fwd_up"

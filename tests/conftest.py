@@ -17,14 +17,14 @@ def embedded_backbone():
     The first load on a machine dequantises the GGUF into the user cache
     (~1 min); later loads read the cache.
     """
-    from nagindex.backbones import load_backbone
+    from nagindex.extraction.backbones import load_backbone
 
     return load_backbone(device="cpu")
 
 
 @pytest.fixture(scope="session")
 def tiny_llama():
-    from nagindex.testing import tiny_backbone
+    from nagindex.extraction.testing import tiny_backbone
 
     return tiny_backbone("llama")
 

@@ -63,8 +63,8 @@ def test_stratified_sample_is_seeded_and_capped():
 def test_truncating_k_equals_extracting_at_smaller_k():
     """The harness extracts once at K=50 and cuts per layer; top-K is sorted, so the cut
     must equal a direct extraction at the smaller K."""
-    from nagindex.extraction import extract_texts
-    from nagindex.testing import tiny_backbone
+    from nagindex.extraction.features import extract_texts
+    from nagindex.extraction.testing import tiny_backbone
 
     bb = tiny_backbone()
     texts = ["the cat sat on the mat", "def f(x): return x + 1", "stocks fell sharply", "a"]

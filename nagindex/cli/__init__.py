@@ -4,8 +4,8 @@ Each module below registers its commands on the apps of `app.py`; importing
 them here is what makes the commands exist.
 """
 
-from .app import app
-from . import extract, index, query, demo, analysis  # noqa: F401  (registration)
+from nagindex.cli.app import app
+from nagindex.cli import extract, index, query, demo, analysis  # noqa: F401, I001  (registration, in help order)
 
 
 def main() -> None:

@@ -1,37 +1,19 @@
 """`nag deactivate ...`, `nag explain`, `nag plot ...`: interpretability commands.
 
-Thin wrappers over `nagindex.analysis` (the numbers) and `nagindex.plots` (the pictures).
+Thin wrappers over `nagindex.analysis` (the numbers) and `nagindex.analysis.plots` (the pictures).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from ..errors import NagError
-from ..schemas import DEFAULT_NEURON_TYPE
-from .app import app, deactivate_app, plot_app
-
-
-@contextmanager
-def _user_errors():
-    """Print a NagError as one ``Error: ...`` line and exit 2.
-
-    typer vendors its own click, whose error handling does not recognise
-    NagError (a click.ClickException), so each command converts it here.
-    """
-    try:
-        yield
-    except NagError as exc:
-        typer.echo(f"Error: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
+from nagindex.errors import NagError
+from nagindex.schemas import DEFAULT_NEURON_TYPE
+from nagindex.cli.app import app, deactivate_app, plot_app
 
 
 # -- shared options -------------------------------------------------------------
@@ -67,13 +49,13 @@ def _progress_opt():
 
 
 def _open_index(index_dir: Path):
-    from ..store import Index
+    from nagindex.api import Index
 
     return Index.open(index_dir)
 
 
 def _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress):
-    from ..analysis import target_features_for
+    from nagindex.analysis.views import target_features_for
 
     return target_features_for(
         index, [str(t) for t in targets or []], target_features=target_features, neuron_type=neuron_type,
@@ -111,18 +93,17 @@ def deactivate_keys_cmd(
     progress: bool = _progress_opt(),
 ) -> None:
     """Find a target's key neurons (SPEC 4): per layer, its most frequent NAG neurons."""
-    with _user_errors():
-        from ..analysis import keys_for_index, save_keys
+    from nagindex.analysis.deactivation import keys_for_index, save_keys
 
-        index = _open_index(index_dir)
-        feats = _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress)
-        keys = keys_for_index(index, feats, per_layer, neuron_type)
-        save_keys(out, keys)
-        share = keys.count / (keys.num_layers * keys.width)
-        typer.echo(
-            f"wrote {out}: {keys.count} neurons in {sum(1 for v in keys.values() if v)} layers "
-            f"({share:.3%} of {keys.num_layers * keys.width} {neuron_type} neurons) from {len(feats)} target documents"
-        )
+    index = _open_index(index_dir)
+    feats = _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress)
+    keys = keys_for_index(index, feats, per_layer, neuron_type)
+    save_keys(out, keys)
+    share = keys.count / (keys.num_layers * keys.width)
+    typer.echo(
+        f"wrote {out}: {keys.count} neurons in {sum(1 for v in keys.values() if v)} layers "
+        f"({share:.3%} of {keys.num_layers * keys.width} {neuron_type} neurons) from {len(feats)} target documents"
+    )
 
 
 @deactivate_app.command("apply")
@@ -135,32 +116,20 @@ def deactivate_apply_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="New directory for the deactivated copy (save_pretrained layout)."),
 ) -> None:
     """Save a copy of a model with the keyed up-projection neurons zeroed."""
-    with _user_errors():
-        from ..analysis import apply_deactivation, load_keys
-        from ..backbones import load_backbone
+    from nagindex.analysis.deactivation import load_keys, save_deactivated_model
+    from nagindex.extraction.backbones import load_backbone
 
-        keys = load_keys(keys_file)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise NagError(f"--out {out} already exists and is not an empty directory")
-        backbone = load_backbone(model, device="cpu")
-        n = apply_deactivation(backbone.model, keys)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-        try:
-            backbone.model.save_pretrained(tmp)
-            backbone.tokenizer.save_pretrained(tmp)
-            if out.exists():
-                out.rmdir()
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        typer.echo(f"zeroed {n} neurons of {backbone.name}; wrote {out}")
+    keys = load_keys(keys_file)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise NagError(f"--out {out} already exists and is not an empty directory")
+    backbone = load_backbone(model, device="cpu")
+    n = save_deactivated_model(backbone, keys, out)
+    typer.echo(f"zeroed {n} neurons of {backbone.name}; wrote {out}")
 
 
 def _read_texts(paths: List[Path], fmt: str, limit: int, what: str) -> list[str]:
-    from ..io import read_documents
-    from ..schemas import TEXT
+    from nagindex.io import read_documents
+    from nagindex.schemas import TEXT
 
     texts = read_documents([str(p) for p in paths], fmt).column(TEXT).to_pylist()
     if limit > 0:
@@ -209,26 +178,26 @@ def deactivate_eval_cmd(
     progress: bool = _progress_opt(),
 ) -> None:
     """Mean token loss of target and control items: intact, NAG keys zeroed, random neurons zeroed."""
-    with _user_errors():
-        from ..analysis import _atomic_write_text, deactivation_eval, load_keys
-        from ..backbones import load_backbone
+    from nagindex.analysis.deactivation import deactivation_eval, load_keys
+    from nagindex.atomic import atomic_write_text
+    from nagindex.extraction.backbones import load_backbone
 
-        keys = load_keys(keys_file)
-        target_texts = _read_texts(targets, fmt, limit, "target")
-        control_texts = _read_texts(control, fmt, limit, "control")
-        backbone = load_backbone(model)
-        report = deactivation_eval(
-            backbone, keys, target_texts, control_texts, seeds=tuple(range(seeds)),
-            max_length=max_length, batch_size=batch_size, progress=progress,
-        )
-        typer.echo(f"{backbone.name}: {len(target_texts)} target items, {len(control_texts)} control items")
-        typer.echo(format_report(report))
-        if json_out is not None:
-            d = report.to_dict()
-            d.update(model=backbone.name, keys=str(keys_file), targets=[str(t) for t in targets],
-                     control=[str(c) for c in control], target_items=len(target_texts),
-                     control_items=len(control_texts), max_length=max_length)
-            _atomic_write_text(json_out, json.dumps(d, indent=1) + "\n")
+    keys = load_keys(keys_file)
+    target_texts = _read_texts(targets, fmt, limit, "target")
+    control_texts = _read_texts(control, fmt, limit, "control")
+    backbone = load_backbone(model)
+    report = deactivation_eval(
+        backbone, keys, target_texts, control_texts, seeds=tuple(range(seeds)),
+        max_length=max_length, batch_size=batch_size, progress=progress,
+    )
+    typer.echo(f"{backbone.name}: {len(target_texts)} target items, {len(control_texts)} control items")
+    typer.echo(format_report(report))
+    if json_out is not None:
+        d = report.to_dict()
+        d.update(model=backbone.name, keys=str(keys_file), targets=[str(t) for t in targets],
+                 control=[str(c) for c in control], target_items=len(target_texts),
+                 control_items=len(control_texts), max_length=max_length)
+        atomic_write_text(json_out, json.dumps(d, indent=1) + "\n")
 
 
 # -- nag explain --------------------------------------------------------------------
@@ -277,16 +246,15 @@ def explain_cmd(
     progress: bool = _progress_opt(),
 ) -> None:
     """Why a document scored as it did: per-layer contribution, shared neurons, neighbours."""
-    with _user_errors():
-        from .. import analysis
-        from ..analysis import explain
+    from nagindex.analysis import views as analysis
+    from nagindex.analysis.explain import explain
 
-        index = _open_index(index_dir)
-        # Fail on a wrong docid before spending time on the target's extraction.
-        analysis.pool_view(index, neuron_type, labels=False).row_of(docid)
-        feats = _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress)
-        ex = explain(index, docid, feats, neuron_type=neuron_type, power=power, fraction=fraction, neighbours=neighbours)
-        typer.echo(json.dumps(ex, indent=1) if as_json else format_explanation(ex))
+    index = _open_index(index_dir)
+    # Fail on a wrong docid before spending time on the target's extraction.
+    analysis.pool_view(index, neuron_type, labels=False).row_of(docid)
+    feats = _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress)
+    ex = explain(index, docid, feats, neuron_type=neuron_type, power=power, fraction=fraction, neighbours=neighbours)
+    typer.echo(json.dumps(ex, indent=1) if as_json else format_explanation(ex))
 
 
 # -- nag plot -------------------------------------------------------------------------
@@ -307,16 +275,16 @@ def plot_scores_cmd(
     progress: bool = _progress_opt(),
 ) -> None:
     """Distribution of nag_distance per `dataset` label, with the budget cut marked."""
-    with _user_errors():
-        from ..analysis import pool_view, score_distribution, target_profile
-        from ..plots import plot_scores
+    from nagindex.analysis.views import pool_view, target_profile
+    from nagindex.analysis.explain import score_distribution
+    from nagindex.analysis.plots import plot_scores
 
-        index = _open_index(index_dir)
-        feats = _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress)
-        profile = target_profile(index, feats, neuron_type)
-        dist = score_distribution(pool_view(index, neuron_type), profile.weights, profile.denominator, fraction)
-        plot_scores(dist, out, size=_size(width, height))
-        typer.echo(f"wrote {out}: {len(dist['distance'])} documents, cut at nag_distance {dist['cut_distance']:.6f}")
+    index = _open_index(index_dir)
+    feats = _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress)
+    profile = target_profile(index, feats, neuron_type)
+    dist = score_distribution(pool_view(index, neuron_type), profile.weights, profile.denominator, fraction)
+    plot_scores(dist, out, size=_size(width, height))
+    typer.echo(f"wrote {out}: {len(dist['distance'])} documents, cut at nag_distance {dist['cut_distance']:.6f}")
 
 
 @plot_app.command("layers")
@@ -333,17 +301,17 @@ def plot_layers_cmd(
     progress: bool = _progress_opt(),
 ) -> None:
     """Per-layer mean contribution to the similarity: target documents vs pool documents."""
-    with _user_errors():
-        from ..analysis import layer_means, pool_view, target_profile
-        from ..plots import plot_layers
+    from nagindex.analysis.explain import layer_means
+    from nagindex.analysis.views import pool_view, target_profile
+    from nagindex.analysis.plots import plot_layers
 
-        index = _open_index(index_dir)
-        feats = _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress)
-        profile = target_profile(index, feats, neuron_type)
-        means = layer_means(feats, pool_view(index, neuron_type, labels=False), profile.weights, profile.denominator)
-        plot_layers(means, out, size=_size(width, height))
-        best = int(means["target"].argmax())
-        typer.echo(f"wrote {out}: {len(means['layers'])} layers; the target relies most on layer {best}")
+    index = _open_index(index_dir)
+    feats = _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress)
+    profile = target_profile(index, feats, neuron_type)
+    means = layer_means(feats, pool_view(index, neuron_type, labels=False), profile.weights, profile.denominator)
+    plot_layers(means, out, size=_size(width, height))
+    best = int(means["target"].argmax())
+    typer.echo(f"wrote {out}: {len(means['layers'])} layers; the target relies most on layer {best}")
 
 
 @plot_app.command("map")
@@ -363,14 +331,14 @@ def plot_map_cmd(
     progress: bool = _progress_opt(),
 ) -> None:
     """2-D map of NAG features (bag of (layer, neuron) pairs), coloured by `dataset` label."""
-    with _user_errors():
-        from ..analysis import feature_map, pool_view
-        from ..plots import plot_map
+    from nagindex.analysis.maps import feature_map
+    from nagindex.analysis.views import pool_view
+    from nagindex.analysis.plots import plot_map
 
-        index = _open_index(index_dir)
-        feats = None
-        if targets or target_features is not None:
-            feats = _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress)
-        fmap = feature_map(pool_view(index, neuron_type), target_features=feats, method=method, per_label=per_label, seed=seed)
-        plot_map(fmap, out, size=_size(width, height))
-        typer.echo(f"wrote {out}: {len(fmap['labels'])} points ({method})")
+    index = _open_index(index_dir)
+    feats = None
+    if targets or target_features is not None:
+        feats = _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress)
+    fmap = feature_map(pool_view(index, neuron_type), target_features=feats, method=method, per_label=per_label, seed=seed)
+    plot_map(fmap, out, size=_size(width, height))
+    typer.echo(f"wrote {out}: {len(fmap['labels'])} points ({method})")

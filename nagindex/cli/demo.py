@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .app import app
+from nagindex.cli.app import app
 
 
 @app.command("demo")
@@ -34,7 +34,7 @@ def demo(
 ) -> None:
     """Index a bundled 600-document pool (8 domains), rank it for a medical and a code target,
     and show which domains NAG selects. Runs in a few minutes on a laptop CPU."""
-    from ..demo import next_steps, run_demo, format_table, DEMO_TARGETS
+    from nagindex.demo import next_steps, run_demo, format_table, DEMO_TARGETS
 
     t0 = time.perf_counter()
     result = run_demo(out, model=model, fraction=fraction, contrast=None if contrast == "none" else contrast,

@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from ..schemas import DEFAULT_MAX_LENGTH, DEFAULT_NEURON_TYPE, DEFAULT_TOP_K, NEURON_TYPES
-from .app import app
+from nagindex.schemas import DEFAULT_MAX_LENGTH, DEFAULT_NEURON_TYPE, DEFAULT_TOP_K, NEURON_TYPES
+from nagindex.cli.app import app
 
 
 @app.command("extract")
@@ -61,34 +61,27 @@ def extract(
 
     Writes one parquet file with the backbone, L, K, neuron types and
     max_length in its metadata. Interrupted runs resume: rerun the same
-    command. Several GPUs: `accelerate launch -m nagindex.extraction INPUT...
+    command. Several GPUs: `accelerate launch -m nagindex extract INPUT...
     --out FILE` splits the shards over the processes.
     """
-    from ..errors import NagError
-    from ..extraction import extract_files
+    from nagindex.extraction.jobs import extract_files
 
-    try:
-        summary = extract_files(
-            inputs,
-            out,
-            model=model,
-            fmt=fmt,
-            neuron_types=neuron_types,
-            top_k=top_k,
-            max_length=max_length,
-            batch_size=batch_size,
-            export_jsonl=export_jsonl,
-            strict=strict,
-            progress=progress,
-            shard_size=shard_size,
-            device=device,
-            dtype=dtype,
-        )
-    except NagError as exc:
-        # typer may vendor its own click, which does not treat NagError as a
-        # ClickException; print it as one line and exit 2 either way.
-        typer.echo(f"Error: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
+    summary = extract_files(
+        inputs,
+        out,
+        model=model,
+        fmt=fmt,
+        neuron_types=neuron_types,
+        top_k=top_k,
+        max_length=max_length,
+        batch_size=batch_size,
+        export_jsonl=export_jsonl,
+        strict=strict,
+        progress=progress,
+        shard_size=shard_size,
+        device=device,
+        dtype=dtype,
+    )
     spec = summary["spec"]
     if summary.get("already_done"):
         typer.echo(f"{out} is already complete for these inputs and settings; nothing to do")
@@ -99,13 +92,3 @@ def extract(
         f"{summary['skipped']} skipped, {summary['shards_reused']}/{summary['shards']} shards reused, "
         f"{summary['docs_per_s']:.1f} docs/s"
     )
-
-
-def main() -> int:
-    """Run only `nag extract` (used by `python -m nagindex.extraction` under accelerate)."""
-    import sys
-
-    from typer.main import get_command
-
-    command = get_command(app).commands["extract"]  # type: ignore[attr-defined]
-    return command.main(args=sys.argv[1:], prog_name="nag extract", standalone_mode=True)

@@ -8,8 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from ..schemas import DEFAULT_MAX_LENGTH, DEFAULT_NEURON_TYPE, DEFAULT_TOP_K, NEURON_TYPES
-from .app import index_app
+from nagindex.schemas import DEFAULT_MAX_LENGTH, DEFAULT_NEURON_TYPE, DEFAULT_TOP_K, NEURON_TYPES
+from nagindex.cli.app import index_app
 
 _POOLS_HELP = (
     "Pool files: web parquet (docid, doc, token_num, dataset, any payload columns), final parquet "
@@ -70,7 +70,7 @@ def build(
     LanceDB table with FAISS inverted lists beside it. The index appears only
     when complete.
     """
-    from ..store import Index
+    from nagindex.api import Index
 
     index = Index.build(
         index_dir, pools, model=model, features=features or None, fmt=fmt, top_k=top_k,
@@ -102,7 +102,7 @@ def append(
     it was, and running the same command again finishes the job without
     duplicates. New rows go to a delta segment; `nag index compact` folds them in.
     """
-    from ..store import Index
+    from nagindex.api import Index
 
     index = Index.open(index_dir)
     result = index.append(pools, features=features or None, replace=replace, fmt=fmt, batch_size=batch_size,
@@ -119,7 +119,7 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print the figures as one JSON object."),
 ) -> None:
     """Documents, tokens, backbone, L, K, neuron types, versions, pending deltas and size on disk."""
-    from ..store import Index
+    from nagindex.api import Index
 
     d = Index.open(index_dir).info()
     if as_json:
@@ -154,7 +154,7 @@ def compact(
     Query results are the same before and after. Queries already running
     against the index should be restarted afterwards.
     """
-    from ..store import Index
+    from nagindex.api import Index
 
     index = Index.open(index_dir)
     before = index.info()

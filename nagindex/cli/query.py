@@ -1,4 +1,4 @@
-"""`nag query`: a thin wrapper over `nagindex.query.run_query`."""
+"""`nag query`: a thin wrapper over `Index.run_query`."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import NagError
-from ..schemas import DATASET, DEFAULT_NEURON_TYPE, NEURON_TYPES
-from .app import app
+from nagindex.errors import NagError
+from nagindex.schemas import DATASET, DEFAULT_NEURON_TYPE, NEURON_TYPES
+from nagindex.cli.app import app
 
 
 def _check_output(out: Path) -> None:
@@ -26,7 +26,7 @@ def _check_output(out: Path) -> None:
 
 
 def _write(table, out: Path) -> None:
-    from ..io import write_table_atomic
+    from nagindex.io import write_table_atomic
 
     try:
         write_table_atomic(table, out)
@@ -109,29 +109,12 @@ def query(
     One TARGET selects by token budget (--fraction) or best N (--top); several
     make the multi-target mixture. Prints a one-screen summary.
     """
-    try:
-        _query(index_dir, targets, out, fraction, top, target_features, target_filter, target_filter_col, power,
-               layers, neuron_type, dedupe, quality_col, invert_quality, with_text, contrast, plan, explain_plan,
-               fmt, batch_size, progress, engine)
-    except NagError as exc:
-        # typer vendors its own click, which does not treat NagError as a
-        # ClickException: print it as one line and exit 2 ourselves.
-        typer.echo(f"Error: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
-
-
-def _query(index_dir, targets, out, fraction, top, target_features, target_filter, target_filter_col, power,
-           layers, neuron_type, dedupe, quality_col, invert_quality, with_text, contrast, plan, explain_plan,
-           fmt, batch_size, progress, engine="local") -> None:
-    from ..query import run_query
-    from ..store import Index
+    from nagindex.api import Index
 
     if not targets and not target_features:
         raise NagError("give at least one TARGET file or --target-features")
     _check_output(out)
-    index = Index.open(index_dir)
-    result = run_query(
-        index,
+    result = Index.open(index_dir).run_query(
         [str(t) for t in targets or []],
         target_features=[str(f) for f in target_features or []],
         target_filter=target_filter,

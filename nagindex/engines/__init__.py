@@ -2,15 +2,15 @@
 
 `local` runs everything in this process (the default). `ray` runs extraction
 as a Ray Data `map_batches` over actors (one per GPU, or CPU workers where
-there is no GPU) and ranking as a parallel scan of the index's forward-index
-blocks, with an exact global merge; both give the same results as `local`.
-Ray is an optional extra (``pip install 'nagindex[ray]'``), imported only
-when the ray engine is asked for.
+there is no GPU) and ranking as a parallel scan of the index's Lance table,
+with an exact global merge; both give the same results. Ray is an optional
+extra (``pip install 'nagindex[ray]'``), imported only when asked for.
+`get_engine` is the one place an engine name is read.
 """
 
 from __future__ import annotations
 
-from ..errors import NagError
+from nagindex.errors import NagError
 
 ENGINES: tuple[str, ...] = ("local", "ray")
 DEFAULT_ENGINE = "local"
@@ -39,13 +39,22 @@ def ray_available() -> bool:
     return True
 
 
-def require_ray():
-    """Import and return the ray engine module, or raise a NagError saying how to install it."""
-    if not ray_available():
-        raise NagError(RAY_MISSING)
-    from . import ray_engine
+def get_engine(engine=None):
+    """The engine of that name (None: the default), or an Engine instance as given."""
+    from nagindex.engines.base import Engine
 
-    return ray_engine
+    if isinstance(engine, Engine):
+        return engine
+    name = check_engine(engine)
+    if name == "ray":
+        if not ray_available():
+            raise NagError(RAY_MISSING)
+        from nagindex.engines.ray import RayEngine
+
+        return RayEngine()
+    from nagindex.engines.local import LocalEngine
+
+    return LocalEngine()
 
 
-__all__ = ["ENGINES", "DEFAULT_ENGINE", "check_engine", "ray_available", "require_ray"]
+__all__ = ["ENGINES", "DEFAULT_ENGINE", "check_engine", "ray_available", "get_engine"]

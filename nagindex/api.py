@@ -1,0 +1,242 @@
+"""`Index`: the Python API over the whole pipeline (build, append, query, compact).
+
+It adds the operations that span the pipeline to the store's read side
+(`store.index.IndexSnapshot`): extraction by an engine, commits through
+`store.writer`, and queries through `ranking.query`. The engine is chosen
+here, once, by name (`engines.get_engine`); nothing below asks which one runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from nagindex.engines import get_engine
+from nagindex.engines.base import ModelRef
+from nagindex.errors import NagError
+from nagindex.schemas import DEFAULT_MAX_LENGTH, DEFAULT_NEURON_TYPE, DEFAULT_TOP_K, FeatureSpec
+from nagindex.store import ingest, writer
+from nagindex.store.index import IndexSnapshot, backbone_source
+from nagindex.store.writer import AppendResult
+
+__all__ = ["Index", "AppendResult"]
+
+
+class Index(IndexSnapshot):
+    """A NAG index directory, opened as one committed snapshot, with the operations on it."""
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, spec: FeatureSpec) -> "Index":
+        """Create an empty index for features made as `spec` says."""
+        return cls.open(writer.create_index(path, spec))
+
+    @classmethod
+    def build(
+        cls,
+        path: str | os.PathLike,
+        pools: Sequence[str | os.PathLike] | str | os.PathLike,
+        *,
+        model: Any = None,
+        features: Sequence[str | os.PathLike] | str | os.PathLike | None = None,
+        fmt: str = "auto",
+        top_k: int = DEFAULT_TOP_K,
+        neuron_types: Sequence[str] | str = (DEFAULT_NEURON_TYPE,),
+        max_length: int = DEFAULT_MAX_LENGTH,
+        batch_size: int = 32,
+        progress: bool = True,
+        engine: Any = "local",
+    ) -> "Index":
+        """Index the documents of `pools`.
+
+        With `features` (nagindex parquet or upstream JSONL), the features are
+        imported and joined to the pools on docid; otherwise they are
+        extracted with `model` (a name/path for `load_backbone`, a loaded
+        `Backbone`, or None for the embedded default) by the engine. The index
+        is built in a temporary sibling directory and renamed into place when
+        complete.
+        """
+        from nagindex.extraction.backbones import Backbone
+
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise NagError(f"{path} already exists and is not empty; use `nag index append` to add documents")
+        pools = _as_list(pools)
+        features = _as_list(features) if features is not None else None
+        runner = get_engine(engine)
+        # an engine that extracts elsewhere loads the model there; this process needs only the spec
+        remote = runner.name != "local" and not features and not isinstance(model, Backbone)
+        backbone = _resolve_backbone(model) if (model is not None or not features) and not remote else None
+        if remote:
+            spec = runner.feature_spec(model, neuron_types=neuron_types, top_k=top_k, max_length=max_length)
+        elif features:
+            spec = _imported_spec(features, backbone, neuron_types, top_k, max_length)
+        else:
+            from nagindex.extraction.features import feature_spec
+
+            spec = feature_spec(backbone, neuron_types, top_k, max_length)
+        tmp = path.parent / f".{path.name}.building-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        try:
+            index = cls.create(tmp, spec)
+            index._backbone = backbone
+            index.append(pools, features=features, fmt=fmt, progress=progress, batch_size=batch_size,
+                         _model=backbone if backbone is not None else model, engine=runner)
+            if path.exists():
+                path.rmdir()
+            os.rename(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        built = cls.open(path)
+        built._backbone = backbone
+        return built
+
+    def append(
+        self,
+        pools: Sequence[str | os.PathLike] | str | os.PathLike | None = None,
+        *,
+        features: Sequence[str | os.PathLike] | str | os.PathLike | None = None,
+        documents: pa.Table | None = None,
+        feature_arrays: dict[str, np.ndarray] | None = None,
+        replace: bool = False,
+        progress: bool = True,
+        fmt: str = "auto",
+        batch_size: int = 32,
+        engine: Any = "local",
+        _model: Any = None,
+    ) -> AppendResult:
+        """Add documents: from pool files (features extracted, or imported from
+        `features` files), or from a `documents` table with `feature_arrays`
+        (or with `<type>_feature` columns).
+
+        Docids already in the index are skipped and counted, or with
+        `replace=True` the old rows are replaced. All or nothing: a crash
+        leaves the index as it was before the call.
+        """
+        spec = self.spec
+        if (pools is None) == (documents is None):
+            raise NagError("give either pool files or a documents table to append")
+        if documents is not None:
+            batches, total = ingest.table_batches(documents, feature_arrays, spec, self.batch_rows), documents.num_rows
+            tokens = None
+        else:
+            pools = _as_list(pools)
+            total = ingest.count_rows(pools)
+            docs = ingest.document_batches(pools, fmt, self.batch_rows, require_text=not features)
+            if features:
+                features = _as_list(features)
+                _check_feature_files(spec, features)
+                batches = ingest.join_features(docs, ingest.iter_feature_tables(features, self.batch_rows), spec)
+            else:
+                source = _model if _model is not None else (self._backbone or backbone_source(spec))
+                load = (lambda: _model) if _model is not None else self.backbone
+                batches = get_engine(engine).extract_batches(docs, model=ModelRef(source, load), spec=spec,
+                                                             batch_size=batch_size)
+            tokens = self._token_counter(_model)
+        return writer.append_batches(self, batches, replace=replace, count_tokens=tokens, progress=progress,
+                                     total=total)
+
+    def append_batches(
+        self,
+        batches: Iterable[tuple[pa.Table, dict[str, np.ndarray]]],
+        *,
+        replace: bool = False,
+        progress: bool = True,
+        total: int | None = None,
+    ) -> AppendResult:
+        """Add a stream of (documents table, {type: uint16 (n, L*K)}) batches as one commit.
+
+        For engines that compute features elsewhere (e.g. Ray): each batch is
+        validated like `append(documents=..., feature_arrays=...)`; docids must
+        be unique across the whole stream.
+        """
+        return writer.append_batches(self, writer.checked_batches(batches, self.spec), replace=replace,
+                                     count_tokens=self._token_counter(None), progress=progress, total=total)
+
+    def compact(self, progress: bool = False) -> None:
+        """Fold all segments into as few as possible, drop replaced rows, and rewrite the
+        Lance table compactly. Query results do not change; readers must reopen."""
+        writer.compact(self, progress=progress)
+
+    def query(self, targets=(), *, engine: Any = "local", **options):
+        """Rank this index against target sets; returns the selection as an Arrow table.
+
+        `targets` are raw-text files (extracted with this index's backbone) or,
+        with ``target_features=[...]``, precomputed feature files. Options are
+        those of `nagindex.ranking.query.run_query` (fraction, top, power,
+        layers, ...); `run_query` also returns the summary and the plan.
+        """
+        return self.run_query(targets, engine=engine, **options).table
+
+    def run_query(self, targets=(), *, engine: Any = "local", **options):
+        """`query` with its summary and plan: a `ranking.query.QueryResult`."""
+        from nagindex.ranking.query import run_query
+
+        return run_query(self, targets, engine=get_engine(engine), **options)
+
+    def _token_counter(self, model: Any) -> Callable[[list[str]], np.ndarray]:
+        """Counts tokens of documents that come without token_num, with the model at hand."""
+
+        def count(texts: list[str]) -> np.ndarray:
+            from nagindex.extraction.features import count_tokens
+
+            if model is not None:
+                backbone = model
+            else:
+                try:
+                    backbone = self.backbone()
+                except NagError:
+                    raise NagError(
+                        f"{len(texts)} documents have no token_num, and the index's backbone {self.spec.backbone} "
+                        "cannot be loaded to count their tokens; add a token_num column or pass --model"
+                    ) from None
+            return count_tokens(backbone.tokenizer, texts)
+
+        return count
+
+
+def _as_list(paths) -> list:
+    if isinstance(paths, (str, os.PathLike)):
+        return [paths]
+    return list(paths)
+
+
+def _resolve_backbone(model: Any):
+    from nagindex.extraction.backbones import Backbone, load_backbone
+
+    if isinstance(model, Backbone):
+        return model
+    return load_backbone(model)
+
+
+def _imported_spec(features: list, backbone, neuron_types, top_k: int, max_length: int) -> FeatureSpec:
+    """The spec of imported feature files, checked against the model when one is given."""
+    file_spec = ingest.feature_file_spec(features)
+    if backbone is not None:
+        from nagindex.extraction.features import feature_spec
+
+        spec = feature_spec(backbone, neuron_types, top_k, max_length)
+        if file_spec is not None:
+            spec.check_compatible(file_spec, what="the feature files")
+            return file_spec
+        return spec
+    if file_spec is None:
+        raise NagError(
+            "these feature files do not record which backbone made them (upstream JSONL); pass --model to name it"
+        )
+    return file_spec
+
+
+def _check_feature_files(spec: FeatureSpec, features: list) -> None:
+    file_spec = ingest.feature_file_spec(features)
+    if file_spec is not None:
+        spec.check_compatible(file_spec, what="the feature files")
+        missing = [t for t in spec.neuron_types if t not in file_spec.neuron_types]
+        if missing:
+            raise NagError(f"the feature files have no {', '.join(missing)} features, which this index needs")

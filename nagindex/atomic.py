@@ -1,0 +1,91 @@
+"""One way to write a file or a directory atomically.
+
+Readers see the old version or the complete new one, never a mix: everything
+is written under a hidden temporary sibling name and renamed into place. A
+crash leaves at most that hidden temporary, which no reader trusts. Files and
+directories get the permissions a plain `open()` or `mkdir()` would give under
+the user's umask (temporary files are created 0600), so an evaluation job
+under another account can read what nagindex writes. `durable=True` also
+fsyncs the data and the directory entry (the commit point of an index).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in `path` durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def is_temporary(name: str) -> bool:
+    """True for the name of a temporary that `atomic_path` made (what a crash can leave)."""
+    return name.startswith(".") and (name.endswith(".tmp") or ".tmp-" in name)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, *, directory: bool = False, durable: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling path to write `path`'s new content to; on success it is
+    renamed over `path` (a directory replaces an existing one), on failure removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+        os.chmod(tmp, 0o777 & ~_umask())
+    else:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
+        os.chmod(tmp, 0o666 & ~_umask())
+    try:
+        yield tmp
+        if durable and not directory:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        if directory and path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.rename(path, old)
+            os.rename(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:
+    """Write `data` to `path` atomically (and durably, by default)."""
+    with atomic_path(path, durable=durable) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, durable: bool = False) -> None:
+    """Write `text` (UTF-8) to `path` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"), durable=durable)

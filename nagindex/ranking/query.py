@@ -1,0 +1,283 @@
+"""A query end to end: targets -> profiles -> candidates (an engine) -> selection -> table.
+
+`run_query` reads as those steps. The candidate step is the engine's: by
+default the local planner (`planner.local_candidates`: inverted lists where
+they can prove the answer cheaply, else one scan), or an engine's such as
+Ray's distributed scan; both return rows that provably hold the exact answer,
+with exact integer scores, and the selection (tie-break by docid, token
+budget or top N, mixture, quality combination) is the same code for all.
+"""
+
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from nagindex.errors import NagError
+from nagindex.ranking import scoring, selection
+from nagindex.schemas import DATASET, DEFAULT_NEURON_TYPE, DOCID, TEXT, TOKEN_NUM, feature_column
+from nagindex.ranking.planner import PLANS, CandidateRequest, Plan, local_candidates
+from nagindex.ranking.scan import live_rows, pool_neuron_counts
+from nagindex.ranking.targets import Target, as_target, load_feature_target, load_text_target
+
+DEFAULT_FRACTION = 0.2
+
+
+@dataclass
+class QueryResult:
+    table: pa.Table  # selected rows in rank order
+    summary: dict
+    plans: list[Plan]
+
+    def explain(self) -> str:
+        return "\n".join(p.describe() for p in self.plans)
+
+
+def _split_top(top: int, m: int) -> list[int]:
+    base, extra = divmod(int(top), m)
+    return [base + (1 if i < extra else 0) for i in range(m)]
+
+
+def _check_shares(fraction: float | None, top: int | None) -> tuple[float | None, int | None]:
+    if top is not None and fraction is not None:
+        raise NagError("give either --fraction or --top, not both")
+    if top is not None:
+        if int(top) < 1:
+            raise NagError(f"--top must be at least 1, got {top}")
+        return None, int(top)
+    return selection.check_fraction(DEFAULT_FRACTION if fraction is None else fraction), None
+
+
+def _check_quality_column(index, column: str) -> None:
+    columns = index.columns()
+    if column not in columns:
+        raise NagError(f"quality column {column!r} is not in this index (it has {', '.join(columns)})")
+    typ = index.take(np.zeros(0, dtype=np.int64), [column]).schema.field(column).type
+    if not (pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ)):
+        raise NagError(f"quality column {column!r} is not numeric (it is {typ})")
+
+
+def _quality_values(index, rows: np.ndarray, column: str) -> np.ndarray:
+    col = index.take(rows, [column]).column(column)
+    values = col.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    return np.asarray(values, dtype=np.float64)
+
+
+def run_query(
+    index,
+    targets: Sequence[Any] = (),
+    *,
+    target_features: Sequence[Any] | None = None,
+    target_filter: str | None = None,
+    target_filter_col: str = DATASET,
+    fraction: float | None = None,
+    top: int | None = None,
+    power: float = 1.0,
+    layers="all",
+    neuron_type: str = DEFAULT_NEURON_TYPE,
+    dedupe: bool = False,
+    quality_col: str | None = None,
+    invert_quality: bool = False,
+    with_text: bool = False,
+    contrast: str | None = None,
+    plan: str = "auto",
+    engine: Any = None,
+    fmt: str = "auto",
+    batch_size: int = 32,
+    progress: bool = False,
+) -> QueryResult:
+    """Select from the index's pool for each target (SPEC 3) and mix them (SPEC 4).
+
+    `targets`: raw text files (one target per item; a glob or list of shards
+    is one target), `Target` objects or (n, L*K) feature arrays.
+    `target_features`: precomputed feature files, one target per item.
+    Selection is by token budget (`fraction`, default 0.2) or the best `top`
+    rows; with M targets each gets fraction/M (or top/M, remainders to the
+    first targets).
+    `engine`: where the pool is scored, an object with the `candidates` step
+    of `nagindex.engines.base.Engine`; None scores it here (`local_candidates`).
+    """
+    # every cheap check first, before any target is extracted
+    fraction, top = _check_shares(fraction, top)
+    index.spec.width(neuron_type)
+    kept_layers = scoring.resolve_layers(layers, index.spec.num_layers)
+    if contrast not in scoring.CONTRASTS:
+        raise NagError(f"unknown contrast {contrast!r}; use none or pool")
+    if plan not in PLANS:
+        raise NagError(f"unknown plan {plan!r}; use {', '.join(PLANS)}")
+    if quality_col is not None:
+        _check_quality_column(index, quality_col)
+
+    loaded = load_targets(index, targets, target_features, neuron_type=neuron_type, target_filter=target_filter,
+                          target_filter_col=target_filter_col, fmt=fmt, batch_size=batch_size, progress=progress)
+    live = live_rows(index)
+    profiles = target_profiles(index, loaded, neuron_type, live, power=power, layers=kept_layers, contrast=contrast)
+    request = candidate_request(index, loaded, live, fraction=fraction, top=top, plan=plan,
+                                quality=quality_col is not None, progress=progress)
+    candidate_step = local_candidates if engine is None else engine.candidates
+    found = candidate_step(index, profiles, neuron_type, request)
+
+    picks = [
+        select_one(index, found[i].candidates, profiles[i], request, i, quality_col=quality_col,
+                   invert_quality=invert_quality)
+        for i in range(len(loaded))
+    ]
+    table = mixture_table(index, picks, [t.name for t in loaded], request.tokens, dedupe=dedupe, with_text=with_text,
+                          quality=quality_col is not None)
+    plans = [f.plan for f in found]
+    missing_quality = picks[-1].missing_quality if picks else 0
+    summary = _summary(table, live, int(request.tokens[live].sum()), plans, missing_quality, loaded)
+    return QueryResult(table, summary, plans)
+
+
+def load_targets(index, targets, target_features, *, neuron_type: str, target_filter, target_filter_col: str,
+                 fmt: str, batch_size: int, progress: bool) -> list[Target]:
+    """Every target of a query, from texts, feature files or arrays, in the order given."""
+    if isinstance(targets, (np.ndarray, Target, str, os.PathLike)):
+        targets = [targets]  # one target given bare
+    if isinstance(target_features, (str, os.PathLike)):
+        target_features = [target_features]
+    items = list(targets if targets is not None else []) + [("features", f) for f in (target_features or [])]
+    if not items:
+        raise NagError("no target given")
+    loaded: list[Target] = []
+    for i, item in enumerate(items):
+        if isinstance(item, tuple) and len(item) == 2 and item[0] == "features":
+            loaded.append(load_feature_target(index, item[1], neuron_type=neuron_type,
+                                              target_filter=target_filter, target_filter_col=target_filter_col))
+        elif isinstance(item, (str, os.PathLike)) or (isinstance(item, list) and item and isinstance(item[0], (str, os.PathLike))):
+            loaded.append(load_text_target(index, item, neuron_type=neuron_type, target_filter=target_filter,
+                                           target_filter_col=target_filter_col, fmt=fmt,
+                                           batch_size=batch_size, progress=progress))
+        else:
+            loaded.append(as_target(index, item, i, neuron_type))
+    return loaded
+
+
+def target_profiles(index, targets: Sequence[Target], neuron_type: str, live: np.ndarray, *, power: float,
+                    layers, contrast: str | None) -> list[scoring.Profile]:
+    """The integer profile of each target (SPEC 2, or with the pool contrast)."""
+    spec = index.spec
+    pool_counts = pool_neuron_counts(index, neuron_type, live) if contrast == "pool" else None
+    return [
+        scoring.build_profile(t.features, num_layers=spec.num_layers, top_k=spec.top_k, width=spec.width(neuron_type),
+                              power=power, layers=layers, pool_counts=pool_counts,
+                              pool_size=len(live), contrast=contrast)
+        for t in targets
+    ]
+
+
+def candidate_request(index, targets: Sequence[Target], live: np.ndarray, *, fraction: float | None,
+                      top: int | None, plan: str, quality: bool, progress: bool) -> CandidateRequest:
+    """What each of M targets selects: top/M rows (remainders to the first) or fraction/M of the tokens."""
+    m = len(targets)
+    tokens = np.asarray(index.token_num(), dtype=np.int64)
+    live_tokens = int(tokens[live].sum())
+    tops = _split_top(top, m) if top is not None else [None] * m
+    fractions = [None] * m if top is not None else [fraction / m] * m
+    budgets = [None if tops[i] is not None else selection.token_budget(live_tokens, fractions[i]) for i in range(m)]
+    return CandidateRequest(names=[t.name for t in targets], live=live, tokens=tokens, tops=tops,
+                            fractions=fractions, budgets=budgets, plan=plan, quality=quality, progress=progress)
+
+
+@dataclass
+class Pick:
+    """One target's selection: rows in rank order with their distances (and combined scores)."""
+
+    rows: np.ndarray
+    distance: np.ndarray
+    combined: np.ndarray | None = None
+    missing_quality: int = 0
+
+
+def select_one(index, candidates, profile: scoring.Profile, request: CandidateRequest, i: int, *,
+               quality_col: str | None, invert_quality: bool) -> Pick:
+    """Target i's selection from its candidates: exact order (score, then docid), then the cut."""
+    docids = index.docids()
+    tokens = request.tokens
+    rows, scores = candidates.rows, candidates.scores
+    combined, missing = None, 0
+    keys = -scores
+    total = int(tokens[request.live].sum())
+    if quality_col is not None:
+        q = quality_combination_for(index, rows, scores, profile, quality_col, invert_quality)
+        missing = q.missing
+        rows, scores, combined = rows[q.kept], scores[q.kept], q.combined
+        keys = combined
+        total = int(tokens[rows].sum())
+    # every row live and in order: no need to copy the docids
+    all_rows = len(rows) == len(docids) and (len(rows) == 0 or (rows[0] == 0 and rows[-1] == len(rows) - 1))
+    ids = docids if all_rows else docids.take(pa.array(rows))
+    if request.tops[i] is not None:
+        picked = selection.top_selection(keys, ids, request.tops[i])
+    else:
+        picked = selection.budget_selection(keys, tokens[rows], ids, request.fractions[i], total_tokens=total)
+    return Pick(rows[picked], scoring.nag_distance(scores[picked], profile),
+                combined[picked] if combined is not None else None, missing)
+
+
+def mixture_table(index, picks: Sequence[Pick], names: Sequence[str], tokens: np.ndarray, *, dedupe: bool,
+                  with_text: bool, quality: bool) -> pa.Table:
+    """The selections of every target, concatenated (SPEC 4 mixture) as the output table."""
+    keep = selection.mixture_positions([p.rows for p in picks], index.docids(), dedupe=dedupe)
+    rows = np.concatenate([p.rows for p in picks])[keep] if picks else np.zeros(0, np.int64)
+    distance = np.concatenate([p.distance for p in picks])[keep] if picks else np.zeros(0)
+    combined = np.concatenate([p.combined for p in picks])[keep] if quality and picks else None
+    which = np.concatenate([np.full(len(p.rows), i, dtype=np.int64) for i, p in enumerate(picks)])[keep] if picks else []
+    target_names = [names[w] for w in which] if len(picks) > 1 else None
+    return _output_table(index, rows, distance, combined, target_names, tokens, with_text)
+
+
+def quality_combination_for(index, rows, scores, profile, column, invert) -> selection.QualityCombination:
+    quality = _quality_values(index, rows, column)
+    # min-max of the integer score is the min-max of the distance, computed exactly
+    return selection.quality_combination(-scores.astype(np.float64), quality, invert)
+
+
+def _output_table(index, rows, distance, combined, target_names, tokens, with_text) -> pa.Table:
+    hidden = {DOCID, TOKEN_NUM, "_row"} | {feature_column(t) for t in index.spec.neuron_types}
+    if not with_text:
+        hidden.add(TEXT)
+    payload_cols = [c for c in index.columns() if c not in hidden]
+    payload = index.take(rows, payload_cols)
+    cols: dict[str, pa.Array] = {
+        DOCID: index.docids().take(pa.array(rows, type=pa.int64())),
+        TOKEN_NUM: pa.array(tokens[rows], type=pa.int64()),
+        DATASET: payload.column(DATASET) if DATASET in payload.column_names else pa.nulls(len(rows), pa.string()),
+        "nag_distance": pa.array(distance, type=pa.float64()),
+    }
+    if combined is not None:
+        cols["combined_score"] = pa.array(combined, type=pa.float64())
+    if target_names is not None:
+        cols["target"] = pa.array(target_names, type=pa.string())
+    for c in payload.column_names:
+        if c not in cols:
+            cols[c] = payload.column(c)
+    return pa.table(cols)
+
+
+def _summary(table: pa.Table, live, live_tokens, plans, missing_quality, targets) -> dict:
+    dist = table.column("nag_distance").to_numpy() if table.num_rows else np.zeros(0)
+    counts: dict[str, int] = {}
+    for item in pc.value_counts(table.column(DATASET).cast(pa.string())).to_pylist():
+        key = "(none)" if item["values"] is None else str(item["values"])
+        counts[key] = counts.get(key, 0) + int(item["counts"])
+    tokens = int(np.asarray(table.column(TOKEN_NUM).to_numpy()).sum()) if table.num_rows else 0
+    return {
+        "selected_docs": table.num_rows,
+        "selected_tokens": tokens,
+        "pool_docs": int(len(live)),
+        "pool_tokens": int(live_tokens),
+        "distance_min": float(dist.min()) if len(dist) else None,
+        "distance_max": float(dist.max()) if len(dist) else None,
+        "datasets": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "targets": {t.name: int(len(t.features)) for t in targets},
+        "missing_quality": int(missing_quality),
+        "plans": [p.describe() for p in plans],
+    }

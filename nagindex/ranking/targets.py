@@ -1,0 +1,110 @@
+"""Targets: the NAG features of one target set, from text, feature files or arrays."""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from nagindex.errors import NagError
+from nagindex.schemas import DATASET, TEXT, feature_column
+
+
+@dataclass
+class Target:
+    """One target set: its name (shown in the `target` column) and its NAG
+    features for the queried neuron type, (n, L*K) uint16."""
+
+    name: str
+    features: np.ndarray
+
+
+def _expand(pattern: str | os.PathLike) -> list[Path]:
+    text = str(pattern)
+    if any(ch in text for ch in "*?["):
+        found = sorted(glob.glob(text))
+        if not found:
+            raise NagError(f"no file matches {text}")
+        return [Path(p) for p in found]
+    path = Path(text)
+    if not path.exists():
+        raise NagError(f"target file not found: {path}")
+    return [path]
+
+
+def _filter_rows(table: pa.Table, value: str | None, column: str, source: str) -> pa.Table:
+    if value is None:
+        return table
+    if column not in table.column_names:
+        raise NagError(f"{source} has no column {column!r} to filter the target on")
+    col = table.column(column).cast(pa.string())
+    mask = pc.equal(col, pa.scalar(str(value)))
+    return table.filter(pc.fill_null(mask, False))
+
+
+def load_text_target(index, source, *, neuron_type: str, target_filter=None, target_filter_col=DATASET,
+                     fmt: str = "auto", batch_size: int = 32, progress: bool = False) -> Target:
+    """Read raw target documents and extract their NAG with the index's own
+    backbone and settings (K, max_length)."""
+    from nagindex.extraction.features import extract_texts
+    from nagindex.io import read_documents
+
+    paths = _expand(source) if not isinstance(source, (list, tuple)) else [p for s in source for p in _expand(s)]
+    name = str(source) if not isinstance(source, (list, tuple)) else ",".join(map(str, source))
+    docs = _filter_rows(read_documents(paths, fmt), target_filter, target_filter_col, name)
+    if docs.num_rows == 0:
+        raise NagError(f"the target {name} is empty" + (" after filtering" if target_filter is not None else ""))
+    spec = index.spec
+    feats = extract_texts(
+        index.backbone(),
+        docs.column(TEXT).to_pylist(),
+        neuron_types=(neuron_type,),
+        top_k=spec.top_k,
+        max_length=spec.max_length,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    return Target(name, feats[neuron_type])
+
+
+def load_feature_target(index, source, *, neuron_type: str, target_filter=None,
+                        target_filter_col=DATASET) -> Target:
+    """Read precomputed target features (nagindex parquet or upstream JSONL)
+    after checking they were made like the index's."""
+    from nagindex.io import features_from_table, read_feature_files
+
+    paths = _expand(source) if not isinstance(source, (list, tuple)) else [p for s in source for p in _expand(s)]
+    name = str(source) if not isinstance(source, (list, tuple)) else ",".join(map(str, source))
+    table, spec = read_feature_files(paths)
+    if spec is not None:
+        index.spec.check_compatible(spec, what=f"the target features {name}")
+    col = feature_column(neuron_type)
+    if col not in table.column_names:
+        raise NagError(f"the target features {name} have no {col} column")
+    table = _filter_rows(table, target_filter, target_filter_col, name)
+    if table.num_rows == 0:
+        raise NagError(f"the target {name} is empty" + (" after filtering" if target_filter is not None else ""))
+    feats = features_from_table(table.select([col]), [neuron_type])[neuron_type]
+    expected = index.spec.feature_length
+    if feats.shape[1] != expected:
+        raise NagError(
+            f"the target features {name} have {feats.shape[1]} entries per document, this index "
+            f"has L*K = {index.spec.num_layers}*{index.spec.top_k} = {expected}"
+        )
+    return Target(name, feats)
+
+
+def as_target(index, item, i: int, neuron_type: str) -> Target:
+    """Python API convenience: a `Target`, or an (n, L*K) array of features."""
+    if isinstance(item, Target):
+        return item
+    arr = np.asarray(item)
+    if arr.ndim != 2 or arr.shape[1] != index.spec.feature_length:
+        raise NagError(f"target {i}: features of shape {arr.shape}, expected (n, {index.spec.feature_length})")
+    return Target(f"target{i}", arr.astype(np.uint16, copy=False))
+

@@ -1,0 +1,274 @@
+"""What goes into an index: validated document batches joined to their features.
+
+Every batch that reaches the store has passed these checks, so that a bad
+input is refused with a NagError naming the problem before the index changes:
+docids present, text-typed, unique; token_num integer and >= 0 (or counted
+with a tokenizer); every feature vector of length L*K with indices inside the
+layer width. Feature files are joined to the pool payload on docid while both
+stream, so memory stays bounded when the two are in the same order (the
+usual case: `nag extract` writes features in pool order).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from nagindex.errors import NagError
+from nagindex.io import check_unique_docids, normalize_documents, set_column, token_num_column
+from nagindex.schemas import DOCID, TEXT, TOKEN_NUM, FeatureSpec, feature_column
+
+Features = dict[str, np.ndarray]
+
+# Rows decoded at once from a feature parquet file.
+PARQUET_READ_ROWS = 8192
+
+
+# -- documents ---------------------------------------------------------------
+
+
+def fill_token_num(table: pa.Table, count: Callable[[list[str]], np.ndarray] | None, source: str) -> pa.Table:
+    """Count the tokens of documents without token_num, or refuse when no tokenizer is at hand."""
+    col = table.column(TOKEN_NUM)
+    if col.null_count == 0:
+        return table
+    missing = pc.is_null(col)
+    if count is None:
+        first = table.column(DOCID).filter(missing)[0].as_py()
+        raise NagError(
+            f"{source}: {col.null_count} documents have no token_num (first: docid {first!r}) and no model "
+            "is given to count their tokens; add a token_num column or pass --model"
+        )
+    if TEXT not in table.column_names:
+        raise NagError(f"{source}: documents without token_num need a '{TEXT}' text column to count tokens")
+    texts = table.column(TEXT).filter(missing).to_pylist()
+    if any(t is None for t in texts):
+        raise NagError(f"{source}: documents have neither token_num nor text")
+    counted = np.asarray(count(texts), dtype=np.int64)
+    values = np.array(pc.fill_null(col, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    values[np.asarray(missing.to_numpy(zero_copy_only=False), dtype=bool)] = counted
+    return set_column(table, TOKEN_NUM, pa.array(values, pa.int64()))
+
+
+# -- features ----------------------------------------------------------------
+
+
+def check_features(features: Features, spec: FeatureSpec, n: int, source: str = "features") -> Features:
+    """Validated uint16 (n, L*K) arrays for every neuron type of `spec`."""
+    out = {}
+    for t in spec.neuron_types:
+        if t not in features:
+            raise NagError(f"{source}: no {t} features (the index has {', '.join(spec.neuron_types)})")
+        arr = np.asarray(features[t])
+        if arr.ndim != 2 or arr.shape[0] != n:
+            raise NagError(f"{source}: {t} features have shape {arr.shape}, expected ({n}, {spec.feature_length})")
+        if arr.shape[1] != spec.feature_length:
+            raise NagError(
+                f"{source}: {t} feature vectors have length {arr.shape[1]}, expected L*K = "
+                f"{spec.num_layers}*{spec.top_k} = {spec.feature_length}"
+            )
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise NagError(f"{source}: {t} features must be integers, found {arr.dtype}")
+        width = spec.width(t)
+        if arr.size:
+            low, high = int(arr.min()), int(arr.max())
+            if low < 0 or high >= width:
+                bad = low if low < 0 else high
+                raise NagError(f"{source}: {t} feature has neuron index {bad} outside the layer width 0..{width - 1}")
+        out[t] = np.ascontiguousarray(arr, dtype=np.uint16)
+    return out
+
+
+def features_from_columns(table: pa.Table, spec: FeatureSpec, source: str) -> Features:
+    """uint16 (n, L*K) arrays from the `<type>_feature` list columns of `table`."""
+    out = {}
+    for t in spec.neuron_types:
+        name = feature_column(t)
+        if name not in table.column_names:
+            raise NagError(f"{source}: no {name} column")
+        col = table.column(name)
+        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        if col.null_count:
+            raise NagError(f"{source}: {col.null_count} documents have no {name}")
+        if pa.types.is_fixed_size_list(col.type):
+            length = col.type.list_size
+        elif pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+            lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+            if lengths.size and (lengths.min() != lengths.max()):
+                raise NagError(f"{source}: {name} vectors have different lengths ({lengths.min()}..{lengths.max()})")
+            length = int(lengths[0]) if lengths.size else spec.feature_length
+        else:
+            raise NagError(f"{source}: {name} must be a list column, found {col.type}")
+        if length != spec.feature_length:
+            raise NagError(
+                f"{source}: {name} vectors have length {length}, expected L*K = "
+                f"{spec.num_layers}*{spec.top_k} = {spec.feature_length}"
+            )
+        flat = col.flatten()
+        if flat.null_count:
+            raise NagError(f"{source}: {name} has missing entries")
+        values = flat.to_numpy(zero_copy_only=False)
+        out[t] = values.reshape(len(col), length) if len(col) else np.zeros((0, length), values.dtype)
+    return check_features(out, spec, table.num_rows, source)
+
+
+def feature_file_spec(paths: Sequence[str | os.PathLike]) -> FeatureSpec | None:
+    """The FeatureSpec recorded in nagindex feature parquet files (None for upstream JSONL)."""
+    spec = None
+    for p in map(Path, paths):
+        if not p.exists():
+            raise NagError(f"feature file not found: {p}")
+        if _is_jsonl(p):
+            continue
+        try:
+            md = pq.read_schema(p).metadata
+        except (pa.ArrowException, OSError) as e:
+            raise NagError(f"cannot read feature file {p}: {str(e).splitlines()[0]}") from None
+        file_spec = FeatureSpec.from_metadata(md)
+        if file_spec is None:
+            continue
+        if spec is None:
+            spec = file_spec
+        else:
+            spec.check_compatible(file_spec, what=f"features in {p}")
+    return spec
+
+
+def _is_jsonl(path: Path) -> bool:
+    return path.name.lower().endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz"))
+
+
+def iter_feature_tables(paths: Sequence[str | os.PathLike], batch_rows: int) -> Iterator[pa.Table]:
+    """Feature tables (docid + feature columns) streamed from parquet, whole from JSONL."""
+    from nagindex.io import read_feature_files
+
+    for p in map(Path, paths):
+        if _is_jsonl(p):
+            table, _ = read_feature_files([p])
+            for i in range(0, table.num_rows, batch_rows):
+                yield table.slice(i, batch_rows)
+            continue
+        try:
+            # pre_buffer would keep every column chunk read so far; decoding list
+            # columns needs ~8 bytes per value transiently, so read small batches
+            # (`join_features` gathers them into pool-sized ones)
+            pf = pq.ParquetFile(p, pre_buffer=False)
+            if DOCID not in pf.schema_arrow.names:
+                raise NagError(f"{p}: no 'docid' column")
+            for batch in pf.iter_batches(batch_size=min(batch_rows, PARQUET_READ_ROWS)):
+                yield pa.Table.from_batches([batch])
+        except (pa.ArrowException, OSError) as e:
+            raise NagError(f"cannot read feature file {p}: {str(e).splitlines()[0]}") from None
+
+
+def join_features(
+    documents: Iterable[pa.Table], feature_tables: Iterable[pa.Table], spec: FeatureSpec
+) -> Iterator[tuple[pa.Table, Features]]:
+    """Pair every document batch with its features, matched on docid.
+
+    Feature rows are read ahead only until every docid of the current batch
+    is found; rows read ahead but not yet used wait in a buffer. In pool
+    order the buffer stays about one batch long; in any other order it
+    grows, but the result is the same. Documents without features, and
+    features without a document, are refused.
+    """
+    feature_iter = iter(feature_tables)
+    buffer: pa.Table | None = None
+    exhausted = False
+    for docs in documents:
+        ids = docs.column(DOCID)
+        while True:
+            have = buffer is not None and bool(pc.all(pc.is_in(ids, value_set=buffer.column(DOCID))).as_py())
+            if have or exhausted:
+                break
+            try:
+                more = next(feature_iter)
+            except StopIteration:
+                exhausted = True
+                continue
+            keep = [DOCID, TOKEN_NUM, *[feature_column(t) for t in spec.neuron_types]]
+            more = more.select([c for c in keep if c in more.column_names])
+            more = more.set_column(0, DOCID, more.column(DOCID).cast(pa.string()))
+            buffer = more if buffer is None else pa.concat_tables([buffer, more], promote_options="permissive")
+        if buffer is None:
+            raise NagError(f"{len(ids)} pool documents have no features (first: docid {ids[0].as_py()!r})")
+        pos = pc.index_in(ids, value_set=buffer.column(DOCID))
+        if pos.null_count:
+            missing = ids.filter(pc.is_null(pos))
+            raise NagError(f"{len(missing)} pool documents have no features (first: docid {missing[0].as_py()!r})")
+        matched = buffer.take(pos)
+        buffer = buffer.filter(pc.invert(pc.is_in(buffer.column(DOCID), value_set=ids)))
+        if buffer.num_rows == 0:
+            buffer = None
+        if TOKEN_NUM in matched.column_names and docs.column(TOKEN_NUM).null_count:
+            # `nag extract` records token counts: use them where the pool has none
+            counted = token_num_column(matched.column(TOKEN_NUM), "feature files")
+            docs = set_column(docs, TOKEN_NUM, pc.coalesce(docs.column(TOKEN_NUM), counted))
+        yield docs, features_from_columns(matched, spec, "feature files")
+    extra = [] if buffer is None else [buffer]
+    for more in feature_iter:
+        extra.append(more)
+        break
+    if extra:
+        first = extra[0].column(DOCID)[0].as_py()
+        raise NagError(f"features for docid {first!r} have no document in the pool (docids missing from the payload)")
+
+
+# -- batches for the store ---------------------------------------------------------
+
+
+def count_rows(paths: Sequence) -> int | None:
+    """Total documents of parquet pools (for the progress bar), None when unknown."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for p in paths:
+        if not str(p).endswith(".parquet"):
+            return None
+        try:
+            total += pq.ParquetFile(p).metadata.num_rows
+        except Exception:
+            return None
+    return total
+
+
+def document_batches(paths: Sequence, fmt: str, batch_rows: int, require_text: bool) -> Iterator[pa.Table]:
+    """Pool documents streamed in batches (any format `io` reads), normalised."""
+    from nagindex.io import iter_document_batches
+
+    for table in iter_document_batches(paths, fmt, batch_rows, require_text=require_text):
+        yield normalize_documents(table, "pool")
+
+
+def table_batches(documents: pa.Table, feature_arrays: dict | None, spec: FeatureSpec, batch_rows: int):
+    """Validate an in-memory documents table (+ features) entirely, then yield it in batches."""
+    documents = normalize_documents(documents, "documents")
+    check_unique_docids(documents.column(DOCID).combine_chunks(), "documents")
+    if feature_arrays is None:
+        feats = features_from_columns(documents, spec, "documents")
+        documents = documents.drop_columns([c for c in documents.column_names if c in {feature_column(t) for t in spec.neuron_types}])
+    else:
+        feats = check_features(feature_arrays, spec, documents.num_rows, "feature_arrays")
+    for start in range(0, documents.num_rows, batch_rows):
+        yield documents.slice(start, batch_rows), {t: f[start : start + batch_rows] for t, f in feats.items()}
+
+
+def extracted_batches(docs: Iterable[pa.Table], backbone_getter: Callable, spec: FeatureSpec, batch_size: int):
+    from nagindex.extraction.features import extract_texts, feature_spec
+
+    """Features of each document batch, extracted with the backbone (checked against the index's spec)."""
+    backbone = backbone_getter()
+    spec.check_compatible(feature_spec(backbone, spec.neuron_types, spec.top_k, spec.max_length), what="the model's features")
+    for table in docs:
+        texts = table.column("doc").to_pylist()
+        feats = extract_texts(
+            backbone, texts, neuron_types=spec.neuron_types, top_k=spec.top_k,
+            max_length=spec.max_length, batch_size=batch_size, progress=False,
+        )
+        yield table, check_features(feats, spec, table.num_rows, "extracted features")

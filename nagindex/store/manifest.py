@@ -1,0 +1,153 @@
+"""The manifest of an index: the one file whose replacement commits a change.
+
+An index directory holds a LanceDB database (documents + payload), immutable
+segment directories (forward index + inverted lists) and `manifest.json`.
+Writers add files first and replace the manifest last (temp file, fsync,
+os.replace), so a reader that loads the manifest sees exactly the segments and
+the Lance version of one committed state, whatever a crashed writer left
+behind.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from nagindex.atomic import atomic_write_bytes
+from nagindex.errors import NagError
+from nagindex.schemas import SCHEMA_VERSION, FeatureSpec
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_NAME = "nagindex"
+
+
+@dataclass(frozen=True)
+class SegmentRef:
+    """One immutable segment: rows [first_row, first_row + num_rows)."""
+
+    name: str
+    first_row: int
+    num_rows: int
+
+    @property
+    def end_row(self) -> int:
+        return self.first_row + self.num_rows
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A committed state of an index."""
+
+    spec: FeatureSpec
+    lance_table: str = "docs"  # compaction writes a new table and switches to it
+    lance_version: int | None = None  # None until the first rows are committed
+    segments: tuple[SegmentRef, ...] = ()
+    deleted_file: str | None = None  # .npy of sorted global rows replaced by newer ones
+    num_deleted: int = 0
+    generation: int = 0  # bumped by every commit; names new files uniquely
+    next_segment: int = 0
+    base_segments: int = 0  # leading segments written by the build or the last compaction
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def num_rows(self) -> int:
+        return self.segments[-1].end_row if self.segments else 0
+
+    @property
+    def deltas(self) -> int:
+        """Segments appended since the build or the last compaction."""
+        return len(self.segments) - self.base_segments
+
+    @property
+    def num_live(self) -> int:
+        return self.num_rows - self.num_deleted
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT_NAME,
+            "schema_version": self.schema_version,
+            "generation": self.generation,
+            "spec": self.spec.to_dict(),
+            "lance_table": self.lance_table,
+            "lance_version": self.lance_version,
+            "segments": [dict(vars(s)) for s in self.segments],
+            "next_segment": self.next_segment,
+            "base_segments": self.base_segments,
+            "deleted_file": self.deleted_file,
+            "num_deleted": self.num_deleted,
+            "num_rows": self.num_rows,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Manifest":
+        version = int(d.get("schema_version", 0))
+        if version > SCHEMA_VERSION:
+            raise NagError(
+                f"this index was written by a newer nagindex (schema version {version}; "
+                f"this one reads up to {SCHEMA_VERSION}); upgrade nagindex"
+            )
+        segments = tuple(SegmentRef(s["name"], int(s["first_row"]), int(s["num_rows"])) for s in d["segments"])
+        m = cls(
+            spec=FeatureSpec.from_dict(d["spec"]),
+            lance_table=str(d.get("lance_table", "docs")),
+            lance_version=d.get("lance_version"),
+            segments=segments,
+            deleted_file=d.get("deleted_file"),
+            num_deleted=int(d.get("num_deleted", 0)),
+            generation=int(d.get("generation", 0)),
+            next_segment=int(d.get("next_segment", len(segments))),
+            base_segments=int(d.get("base_segments", min(1, len(segments)))),
+            schema_version=version,
+        )
+        check_segments_contiguous(m.segments)
+        if int(d.get("num_rows", m.num_rows)) != m.num_rows:
+            raise NagError("index manifest is inconsistent (row count does not match its segments)")
+        return m
+
+    def evolve(self, **changes) -> "Manifest":
+        return replace(self, **changes)
+
+
+def check_segments_contiguous(segments: tuple[SegmentRef, ...] | list[SegmentRef]) -> None:
+    """Segments must tile the global rows 0..n without gaps or overlaps."""
+    expected = 0
+    for s in segments:
+        if s.first_row != expected or s.num_rows < 1:
+            raise NagError(f"index manifest is inconsistent (segment {s.name} starts at row {s.first_row}, expected {expected})")
+        expected = s.end_row
+
+
+def manifest_path(index_dir: Path) -> Path:
+    return Path(index_dir) / MANIFEST_NAME
+
+
+def read_manifest(index_dir: Path) -> Manifest:
+    """Load the committed state of the index in `index_dir`, or raise NagError."""
+    index_dir = Path(index_dir)
+    if not index_dir.is_dir():
+        raise NagError(f"{index_dir} is not a nagindex index (no such directory)")
+    path = manifest_path(index_dir)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise NagError(f"{index_dir} is not a nagindex index (no {MANIFEST_NAME})") from None
+    except PermissionError:
+        raise NagError(f"cannot read {path}: permission denied") from None
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise NagError(f"{path} is not a valid index manifest ({e.msg})") from None
+    if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
+        raise NagError(f"{index_dir} is not a nagindex index ({MANIFEST_NAME} is not a nagindex manifest)")
+    try:
+        return Manifest.from_dict(d)
+    except (KeyError, TypeError, ValueError) as e:
+        raise NagError(f"{path} is not a valid index manifest ({type(e).__name__}: {e})") from None
+
+
+def write_manifest(index_dir: Path, manifest: Manifest) -> None:
+    """Commit `manifest` (atomic replace of manifest.json)."""
+    data = json.dumps(manifest.to_dict(), indent=1, sort_keys=True).encode()
+    atomic_write_bytes(manifest_path(index_dir), data)
+

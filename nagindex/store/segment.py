@@ -1,0 +1,178 @@
+"""Segments: the immutable, memory-mappable forward index of a range of rows.
+
+A segment directory holds, for rows [first_row, first_row + n):
+  features.<type>.u16          (n, L*K) uint16, row-major: what a scan reads
+  token_num.i64                (n,) int64, 0 where the pool had no count
+  docids.arrow                 Arrow IPC file, one string column `docid`
+  postings.<type>.*            inverted lists (see `postings`)
+  segment.json                 row range and shape, written last
+A segment is written under a temporary name and renamed into place when
+complete; it is derived data (rebuildable from the Lance table) and only
+counts once the manifest lists it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from nagindex.store import postings as _postings
+from nagindex.atomic import fsync_dir
+from nagindex.store.manifest import SegmentRef
+from nagindex.schemas import DOCID, FeatureSpec
+
+SEGMENT_META = "segment.json"
+TMP_PREFIX = ".tmp-"
+
+
+def features_path(segment_dir: Path, neuron_type: str) -> Path:
+    return Path(segment_dir) / f"features.{neuron_type}.u16"
+
+
+def token_num_path(segment_dir: Path) -> Path:
+    return Path(segment_dir) / "token_num.i64"
+
+
+def docids_path(segment_dir: Path) -> Path:
+    return Path(segment_dir) / "docids.arrow"
+
+
+def segment_name(number: int) -> str:
+    return f"seg-{number:06d}"
+
+
+def _write_array(f, array: np.ndarray) -> None:
+    """Append an array's bytes to an open file (the one place segment data is written)."""
+    f.write(np.ascontiguousarray(array).data)
+
+
+_DOCID_SCHEMA = pa.schema([pa.field(DOCID, pa.string(), nullable=False)])
+
+
+def _layer_path(segment_dir: Path, neuron_type: str, layer: int) -> Path:
+    return Path(segment_dir) / f".layer.{neuron_type}.{layer:03d}.u16"
+
+
+def _read_and_remove(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    block = np.fromfile(path, dtype=np.uint16).reshape(shape)
+    path.unlink()
+    return block
+
+
+class SegmentWriter:
+    """Writes one segment under a temporary directory; `finish` renames it into place."""
+
+    def __init__(self, segments_dir: Path, number: int, spec: FeatureSpec, first_row: int):
+        self.segments_dir = Path(segments_dir)
+        self.name = segment_name(number)
+        self.spec = spec
+        self.first_row = first_row
+        self.num_rows = 0
+        self.tmp = self.segments_dir / f"{TMP_PREFIX}{self.name}-{os.getpid()}"
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir(parents=True)
+        self._features = {t: open(features_path(self.tmp, t), "wb") for t in spec.neuron_types}
+        # the same features again, one file per (type, layer): the inverted lists
+        # are built layer by layer from these without mapping the whole matrix
+        self._layers = {
+            (t, layer): open(_layer_path(self.tmp, t, layer), "wb") for t in spec.neuron_types for layer in range(spec.num_layers)
+        }
+        self._tokens = open(token_num_path(self.tmp), "wb")
+        self._docids = pa.ipc.new_file(str(docids_path(self.tmp)), _DOCID_SCHEMA)
+
+    def add(self, docids: pa.Array, token_num: np.ndarray, features: dict[str, np.ndarray]) -> None:
+        n = len(docids)
+        k = self.spec.top_k
+        for t in self.spec.neuron_types:
+            _write_array(self._features[t], features[t])
+            for layer in range(self.spec.num_layers):
+                _write_array(self._layers[t, layer], features[t][:, layer * k : (layer + 1) * k])
+        _write_array(self._tokens, np.asarray(token_num, dtype=np.int64))
+        self._docids.write_batch(pa.record_batch([docids.cast(pa.string())], schema=_DOCID_SCHEMA))
+        self.num_rows += n
+
+    def _close_files(self) -> None:
+        for f in [*self._features.values(), self._tokens]:
+            if not f.closed:
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+        for f in self._layers.values():
+            f.close()  # temporary: no fsync
+        self._docids.close()
+
+    def finish(self) -> SegmentRef:
+        """Close the files, build the inverted lists, rename into place."""
+        self._close_files()
+        spec = self.spec
+        for t in spec.neuron_types:
+            blocks = (
+                _read_and_remove(_layer_path(self.tmp, t, layer), (self.num_rows, spec.top_k)) for layer in range(spec.num_layers)
+            )
+            _postings.write_postings(self.tmp, t, blocks, spec.width(t), self.first_row)
+        meta = {"first_row": self.first_row, "num_rows": self.num_rows, "feature_length": spec.feature_length, "neuron_types": list(spec.neuron_types)}
+        with open(self.tmp / SEGMENT_META, "w") as f:
+            json.dump(meta, f)
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_dir(self.tmp)
+        final = self.segments_dir / self.name
+        if final.exists():  # an orphan of a crashed writer that was never committed
+            shutil.rmtree(final)
+        os.rename(self.tmp, final)
+        fsync_dir(self.segments_dir)
+        return SegmentRef(self.name, self.first_row, self.num_rows)
+
+    def abort(self) -> None:
+        try:
+            self._close_files()
+        except Exception:
+            pass
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class Segment:
+    """A committed segment, mapped read-only."""
+
+    def __init__(self, segments_dir: Path, ref: SegmentRef, spec: FeatureSpec):
+        self.ref = ref
+        self.dir = Path(segments_dir) / ref.name
+        self.spec = spec
+        n = ref.num_rows
+        try:
+            meta = json.loads((self.dir / SEGMENT_META).read_text())
+            if meta["num_rows"] != n or meta["first_row"] != ref.first_row:
+                raise OSError(f"{self.dir} describes rows {meta['first_row']}+{meta['num_rows']}, the manifest {ref.first_row}+{n}")
+            self.features = {
+                t: np.memmap(features_path(self.dir, t), dtype=np.uint16, mode="r", shape=(n, spec.feature_length))
+                for t in spec.neuron_types
+            }
+            self.token_num = np.memmap(token_num_path(self.dir), dtype=np.int64, mode="r", shape=(n,))
+            source = pa.memory_map(str(docids_path(self.dir)))
+            self.docids = pa.ipc.open_file(source).read_all().column(DOCID).combine_chunks()
+            # opened now, not on first use, so that a snapshot never depends on
+            # files a later compaction may remove
+            self.postings_by_type = {t: _postings.open_postings(self.dir, t) for t in spec.neuron_types}
+        except (KeyError, ValueError, json.JSONDecodeError) as e:
+            raise OSError(f"segment {self.dir} is damaged: {e}") from None
+        if len(self.docids) != n:
+            raise OSError(f"segment {self.dir} is damaged: {len(self.docids)} docids for {n} rows")
+
+    def postings(self, neuron_type: str):
+        return self.postings_by_type[neuron_type]
+
+
+def gather_rows(segments, rows: np.ndarray, feature_length: int) -> np.ndarray:
+    """Feature rows at sorted global `rows`, gathered from (first row, matrix) segments."""
+    out = np.empty((len(rows), feature_length), dtype=np.uint16)
+    for first, matrix in segments:
+        lo, hi = np.searchsorted(rows, [first, first + len(matrix)])
+        if hi > lo:
+            out[lo:hi] = matrix[rows[lo:hi] - first]
+    return out

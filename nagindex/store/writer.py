@@ -1,0 +1,385 @@
+"""Writing an index: create, append, compact, under one lock, with crash recovery.
+
+Every write takes the index's lock (`locked`), first repairs what a crashed
+writer may have left (uncommitted segments, deleted-row files, a Lance table
+ahead of the manifest), writes new immutable files, and commits by replacing
+manifest.json (see `manifest`). Until that rename nothing a reader sees has
+changed; after it, the old files that no commit names are removed.
+
+Tests make a writer kill itself at named steps (`CRASH_ENV`) to check that
+every step before the commit leaves the previous version intact.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+import signal
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from nagindex.atomic import atomic_write_bytes, is_temporary
+from nagindex.errors import NagError
+from nagindex.io import check_unique_docids, normalize_documents
+from nagindex.schemas import DOCID, ROW, TOKEN_NUM, FeatureSpec, index_schema
+from nagindex.store import doctable, ingest
+from nagindex.store.index import DELETED_PREFIX, LOCK_NAME, SEGMENTS_DIR, IndexSnapshot
+from nagindex.store.manifest import Manifest, SegmentRef, read_manifest, write_manifest
+from nagindex.store.segment import SegmentWriter
+
+Features = dict[str, np.ndarray]
+Batches = Iterable[tuple[pa.Table, Features]]
+
+# Tests set this to a step name to make a writer kill itself there (SIGKILL).
+CRASH_ENV = "NAGINDEX_CRASH_AT"
+
+
+def crash_point(step: str) -> None:
+    """Die like `kill -9` at a named step, when a test asks for it."""
+    if os.environ.get(CRASH_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    added: int
+    skipped: int
+    replaced: int
+
+
+def progress_bar(total: int | None, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=desc, unit="doc", unit_scale=True, dynamic_ncols=True)
+
+
+def os_error_message(exc: OSError, path: Path, action: str) -> str:
+    """One line for an OS error met while writing an index."""
+    if exc.errno == errno.ENOSPC:
+        return f"disk full while {action} {path}; the index is unchanged ({exc.strerror})"
+    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"no permission to write to {path} while {action} it; the index is unchanged"
+    return f"I/O error while {action} {path}: {exc}; the index is unchanged"
+
+
+# -- create, lock, recover -------------------------------------------------------------
+
+
+def create_index(path: str | os.PathLike, spec: FeatureSpec) -> Path:
+    """Make an empty index directory for features made as `spec` says."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise NagError(f"{path} already exists and is not empty; choose a new directory for the index")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / SEGMENTS_DIR).mkdir(exist_ok=True)
+        (path / LOCK_NAME).touch()
+        write_manifest(path, Manifest(spec=spec))
+    except OSError as e:
+        raise NagError(os_error_message(e, path, "creating")) from None
+    return path
+
+
+@contextmanager
+def locked(index: IndexSnapshot, action: str) -> Iterator[Manifest]:
+    """Hold the write lock, repair leftovers of a crashed writer, and yield the current
+    manifest, with `index` moved to it if another writer committed since it was opened."""
+    if not os.access(index.path, os.W_OK):
+        raise NagError(f"no permission to write to {index.path}")
+    try:
+        fd = os.open(index.path / LOCK_NAME, os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError as e:
+        raise NagError(os_error_message(e, index.path, action)) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise NagError(f"another process is writing to {index.path}; try again when it has finished") from None
+        manifest = read_manifest(index.path)
+        recover(index.path, manifest)
+        if manifest.generation != index.manifest.generation:
+            index._load(manifest)
+        yield manifest
+    finally:
+        os.close(fd)
+
+
+def recover(path: Path, manifest: Manifest) -> None:
+    """Undo whatever a writer that died before committing left behind."""
+    segments_dir = path / SEGMENTS_DIR
+    segments_dir.mkdir(exist_ok=True)
+    committed = {s.name for s in manifest.segments}
+    for entry in segments_dir.iterdir():
+        if entry.name not in committed:
+            shutil.rmtree(entry, ignore_errors=True)
+    for entry in path.iterdir():
+        stale_deleted = entry.name.startswith(DELETED_PREFIX) and entry.name != manifest.deleted_file
+        if stale_deleted or (entry.is_file() and is_temporary(entry.name)):
+            entry.unlink(missing_ok=True)
+    import lancedb
+
+    db = lancedb.connect(str(path))
+    for name in doctable.table_names(db):
+        if name != manifest.lance_table or manifest.lance_version is None:
+            db.drop_table(name)  # a table no commit refers to (a crashed compaction or first append)
+    if manifest.lance_version is not None:
+        if manifest.lance_table not in doctable.table_names(db):
+            raise NagError(f"index {path} is damaged: its Lance table {manifest.lance_table} is missing")
+        table = db.open_table(manifest.lance_table)
+        if table.version != manifest.lance_version:
+            # rows added after the last commit: go back to the committed version
+            table.restore(manifest.lance_version)
+
+
+# -- segments ---------------------------------------------------------------------------
+
+
+class SegmentFiller:
+    """Writes consecutive rows into new segments of at most `segment_rows` rows each."""
+
+    def __init__(self, index_path: Path, spec: FeatureSpec, first_segment: int, first_row: int, segment_rows: int,
+                 on_finish: Callable[[], None] = lambda: None):
+        self.dir = index_path / SEGMENTS_DIR
+        self.spec = spec
+        self.next_segment = first_segment
+        self.next_row = first_row
+        self.segment_rows = segment_rows
+        self.on_finish = on_finish
+        self.refs: list[SegmentRef] = []
+        self._writer: SegmentWriter | None = None
+
+    def add(self, docids: pa.Array, token_num: np.ndarray, features: Features) -> None:
+        n, done = len(docids), 0
+        while done < n:
+            if self._writer is None:
+                self._writer = SegmentWriter(self.dir, self.next_segment, self.spec, self.next_row)
+                self.next_segment += 1
+            take = min(n - done, self.segment_rows - self._writer.num_rows)
+            self._writer.add(docids.slice(done, take), token_num[done : done + take],
+                             {t: f[done : done + take] for t, f in features.items()})
+            done += take
+            self.next_row += take
+            if self._writer.num_rows >= self.segment_rows:
+                self._finish()
+
+    def _finish(self) -> None:
+        self.refs.append(self._writer.finish())
+        self._writer = None
+        self.on_finish()
+
+    def close(self) -> list[SegmentRef]:
+        """Finish the open segment; the refs of every segment written."""
+        if self._writer is not None:
+            self._finish()
+        return self.refs
+
+    def abort(self) -> None:
+        """Remove everything written (the segments are not committed)."""
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+        for ref in self.refs:
+            shutil.rmtree(self.dir / ref.name, ignore_errors=True)
+
+
+# -- append -------------------------------------------------------------------------------
+
+
+def checked_batches(batches: Batches, spec: FeatureSpec) -> Iterator[tuple[pa.Table, Features]]:
+    """Validate a stream of (documents, features) batches made elsewhere (e.g. by Ray):
+    documents normalised, features of the index's shape, docids unique across the stream."""
+    seen: pa.Array | None = None
+    for i, (docs, feats) in enumerate(batches):
+        docs = normalize_documents(docs, f"batch {i}")
+        ids = docs.column(DOCID).combine_chunks()
+        check_unique_docids(ids, f"batch {i}")
+        if seen is not None and pc.any(pc.is_in(ids, value_set=seen)).as_py():
+            raise NagError(f"batch {i}: a docid of an earlier batch occurs again")
+        seen = ids if seen is None else pa.concat_arrays([seen, ids])
+        yield docs, ingest.check_features(feats, spec, docs.num_rows, f"batch {i}")
+
+
+def append_batches(
+    index: IndexSnapshot,
+    batches: Batches,
+    *,
+    replace: bool = False,
+    count_tokens: Callable[[list[str]], np.ndarray] | None = None,
+    progress: bool = True,
+    total: int | None = None,
+) -> AppendResult:
+    """Add a stream of (documents table, {type: uint16 (n, L*K)}) batches as one commit.
+
+    Docids already live are skipped and counted, or with `replace` their old
+    rows are marked replaced. `count_tokens` fills missing token counts. All
+    or nothing: any failure or crash leaves the index as it was.
+    """
+    with locked(index, "appending to") as manifest, progress_bar(total, progress, "indexing") as bar:
+        return _append_locked(index, manifest, batches, replace, count_tokens, bar)
+
+
+def _append_locked(index, manifest: Manifest, batches: Batches, replace: bool, count_tokens, bar) -> AppendResult:
+    import lancedb
+
+    spec = manifest.spec
+    db = lancedb.connect(str(index.path))
+    table = db.open_table(manifest.lance_table) if manifest.lance_version is not None else None
+    schema = table.schema if table is not None else None
+    live_ids, live_rows = index._live_docids()
+    filler = SegmentFiller(index.path, spec, manifest.next_segment, manifest.num_rows, index.segment_rows,
+                           on_finish=lambda: crash_point("segment"))
+    replaced_rows: list[np.ndarray] = []
+    added = skipped = 0
+    created_table = False
+    new_deleted_file = None
+    try:
+        for docs, feats in batches:
+            bar.update(docs.num_rows)
+            ids = docs.column(DOCID)
+            if len(live_ids):
+                pos = pc.index_in(ids, value_set=live_ids)
+                present = np.asarray(pc.is_valid(pos).to_numpy(zero_copy_only=False), dtype=bool)
+            else:
+                present = np.zeros(docs.num_rows, dtype=bool)
+            if present.any():
+                if replace:
+                    old = pos.filter(pa.array(present)).to_numpy(zero_copy_only=False).astype(np.int64)
+                    replaced_rows.append(live_rows[old])
+                else:
+                    skipped += int(present.sum())
+                    keep = pa.array(~present)
+                    docs = docs.filter(keep)
+                    feats = {t: f[~present] for t, f in feats.items()}
+            if docs.num_rows == 0:
+                continue
+            docs = ingest.fill_token_num(docs, count_tokens, "documents")
+            if table is None:
+                schema = index_schema(spec, docs.schema)
+                table = db.create_table(manifest.lance_table, schema=schema, mode="overwrite")
+                created_table = True
+            docs = doctable.conform(docs, schema, spec)
+            for start in range(0, docs.num_rows, index.batch_rows):
+                part = docs.slice(start, index.batch_rows)
+                part_feats = {t: f[start : start + part.num_rows] for t, f in feats.items()}
+                rows = doctable.lance_rows(part, part_feats, filler.next_row, schema, spec)
+                filler.add(rows.column(DOCID).combine_chunks(), pc.fill_null(rows.column(TOKEN_NUM), 0).to_numpy(), part_feats)
+                table.add(rows)
+                crash_point("lance-batch")
+                added += part.num_rows
+        new_refs = filler.close()
+        if not added and not replaced_rows:
+            return AppendResult(0, skipped, 0)
+        generation = manifest.generation + 1
+        deleted_file, num_deleted = manifest.deleted_file, manifest.num_deleted
+        replaced = int(sum(len(r) for r in replaced_rows))
+        if replaced:
+            deleted = np.unique(np.concatenate([index._deleted, *replaced_rows]))
+            deleted_file = new_deleted_file = f"{DELETED_PREFIX}{generation:06d}.npy"
+            save_npy_atomic(index.path / deleted_file, deleted)
+            num_deleted = len(deleted)
+        crash_point("before-commit")
+        new = manifest.evolve(
+            lance_version=table.version,
+            segments=manifest.segments + tuple(new_refs),
+            deleted_file=deleted_file,
+            num_deleted=num_deleted,
+            generation=generation,
+            next_segment=filler.next_segment,
+            base_segments=len(new_refs) if manifest.num_rows == 0 else manifest.base_segments,
+        )
+        write_manifest(index.path, new)
+    except BaseException as exc:
+        filler.abort()
+        if new_deleted_file:
+            (index.path / new_deleted_file).unlink(missing_ok=True)
+        doctable.rollback(db, manifest, created_table)
+        if isinstance(exc, OSError):
+            raise NagError(os_error_message(exc, index.path, "appending to")) from exc
+        raise
+    crash_point("after-commit")
+    index._load(new)
+    return AppendResult(added, skipped, replaced)
+
+
+# -- compact ----------------------------------------------------------------------------
+
+
+def compact(index: IndexSnapshot, progress: bool = False) -> None:
+    """Fold all segments into as few as possible, drop replaced rows, and rewrite the
+    Lance table compactly (LanceDB optimize + cleanup). Query results do not change.
+
+    Readers that opened the index before a compaction must reopen it.
+    """
+    import lancedb
+
+    with locked(index, "compacting") as manifest:
+        if manifest.num_rows == 0:
+            return
+        spec = manifest.spec
+        db = lancedb.connect(str(index.path))
+        generation = manifest.generation + 1
+        table_name = f"docs_{generation:06d}"
+        live = index.live_mask()
+        live_rows = np.arange(index.num_rows, dtype=np.int64) if live is None else np.flatnonzero(live)
+        filler = SegmentFiller(index.path, spec, manifest.next_segment, 0, index.segment_rows)
+        table = None
+        try:
+            with progress_bar(len(live_rows), progress, "compacting") as bar:
+                for start in range(0, len(live_rows), index.batch_rows):
+                    rows = live_rows[start : start + index.batch_rows]
+                    chunk = index.take(rows, columns=index.columns())
+                    feats = {t: index._feature_rows(t, rows) for t in spec.neuron_types}
+                    n = len(rows)
+                    new_rows = pa.array(np.arange(filler.next_row, filler.next_row + n, dtype=np.int64))
+                    chunk = chunk.set_column(chunk.schema.get_field_index(ROW), ROW, new_rows)
+                    if table is None:
+                        table = db.create_table(table_name, schema=chunk.schema, mode="overwrite")
+                    filler.add(chunk.column(DOCID).combine_chunks(), index.token_num()[rows], feats)
+                    table.add(chunk)
+                    bar.update(n)
+            new_refs = filler.close()
+            with warnings.catch_warnings():
+                # the table is new and no reader uses it yet: drop its intermediate versions
+                warnings.simplefilter("ignore")
+                table.optimize(cleanup_older_than=timedelta(0))
+            doctable.check_row_order(table, filler.next_row)
+            crash_point("compact-before-commit")
+            new = manifest.evolve(
+                lance_table=table_name,
+                lance_version=table.version,
+                segments=tuple(new_refs),
+                deleted_file=None,
+                num_deleted=0,
+                generation=generation,
+                next_segment=filler.next_segment,
+                base_segments=len(new_refs),
+            )
+            write_manifest(index.path, new)
+        except BaseException as exc:
+            filler.abort()
+            if table_name in doctable.table_names(db):
+                db.drop_table(table_name)
+            if isinstance(exc, OSError):
+                raise NagError(os_error_message(exc, index.path, "compacting")) from exc
+            raise
+        # the old files are no longer committed: remove them now
+        index._load(new)
+        recover(index.path, new)
+
+
+def save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getvalue())

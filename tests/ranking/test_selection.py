@@ -1,0 +1,107 @@
+"""Ranking and selection against a plain Python implementation of SPEC 3-4."""
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nagindex.ranking import selection
+from nagindex.errors import NagError
+
+docid_text = st.text(alphabet="ab10_é", min_size=1, max_size=4)
+
+
+@st.composite
+def pools(draw):
+    n = draw(st.integers(1, 60))
+    docids = draw(st.lists(docid_text, min_size=n, max_size=n, unique=True))
+    # few distinct scores: many ties, including at the cut
+    scores = draw(st.lists(st.integers(0, 6), min_size=n, max_size=n))
+    tokens = draw(st.lists(st.integers(0, 30), min_size=n, max_size=n))
+    fraction = draw(st.floats(0.001, 1.0))
+    return docids, scores, tokens, fraction
+
+
+def reference_budget(docids, scores, tokens, fraction):
+    order = sorted(range(len(docids)), key=lambda i: (-scores[i], docids[i]))
+    budget = math.floor(sum(tokens) * fraction)
+    kept, total = [], 0
+    for i in order:
+        if total + tokens[i] > budget:
+            break
+        total += tokens[i]
+        kept.append(i)
+    return kept or order[:1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(pools())
+def test_budget_selection_matches_the_reference(pool):
+    docids, scores, tokens, fraction = pool
+    got = selection.budget_selection(-np.array(scores, dtype=np.int64), np.array(tokens), pa.array(docids), fraction)
+    assert [docids[i] for i in got] == [docids[i] for i in reference_budget(docids, scores, tokens, fraction)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(pools(), st.integers(1, 80))
+def test_top_selection_and_rank_order_match_the_reference(pool, top):
+    docids, scores, tokens, _ = pool
+    order = sorted(range(len(docids)), key=lambda i: (-scores[i], docids[i]))
+    got = selection.top_selection(-np.array(scores, dtype=np.int64), pa.array(docids), top)
+    assert got.tolist() == order[:top]
+    assert selection.rank_order(np.array(scores), np.array(docids, dtype=object)).tolist() == order
+
+
+def test_select_budget_prefix_rule():
+    assert selection.select_budget(np.array([3, 3, 3]), 2 / 3) == 2  # budget 6
+    assert selection.select_budget(np.array([10, 1]), 0.5) == 1  # nothing fits: first row
+    assert selection.select_budget(np.array([0, 0, 5]), 0.1) == 2  # zero-token rows fit
+    assert selection.select_budget(np.array([], dtype=np.int64), 0.5) == 0
+    for bad in (0.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(NagError, match="fraction"):
+            selection.select_budget(np.array([1]), bad)
+
+
+def test_mixture_keeps_duplicates_unless_dedupe():
+    docids = pa.array(["a", "b", "c", "d"])
+    sels = [np.array([2, 0]), np.array([0, 3, 2])]
+    rows, which = selection.mixture(sels, docids)
+    assert rows.tolist() == [2, 0, 0, 3, 2] and which.tolist() == [0, 0, 1, 1, 1]
+    rows, which = selection.mixture(sels, docids, dedupe=True)
+    assert rows.tolist() == [2, 0, 3] and which.tolist() == [0, 0, 1]
+
+
+def test_quality_combination():
+    distance = np.array([0.2, 0.4, 0.6, 0.3])
+    quality = np.array([1.0, np.nan, 3.0, 2.0])
+    q = selection.quality_combination(distance, quality, invert=False)
+    assert q.missing == 1 and q.kept.tolist() == [0, 2, 3]
+    # distance (0.2, 0.6, 0.3) -> (0, 1, 0.25); quality lower-is-better (1, 3, 2) -> (0, 1, 0.5)
+    assert np.allclose(q.combined, [0.0, 2.0, 0.75])
+    q = selection.quality_combination(distance, quality, invert=True)
+    assert np.allclose(q.combined, [1.0, 1.0, 0.75])
+    # a constant column normalises to 0 (1 - 0 once inverted): only the distance ranks
+    q = selection.quality_combination(distance[:3], np.array([5.0, 5.0, 5.0]), invert=False)
+    assert np.allclose(q.combined, [0.0, 0.5, 1.0])
+    q = selection.quality_combination(distance[:3], np.array([5.0, 5.0, 5.0]), invert=True)
+    assert np.allclose(q.combined, [1.0, 1.5, 2.0])
+
+
+def test_float_keys_tie_break_on_docid():
+    keys = np.array([0.5, 0.25, 0.5, 0.25])
+    assert selection.exact_order(keys, pa.array(["z", "y", "a", "b"])).tolist() == [3, 1, 2, 0]
+
+
+@pytest.mark.parametrize("fraction", [0.0001, 0.05, 0.2, 0.7, 1.0])
+def test_large_pool_counting_cut_matches_the_reference(fraction):
+    # >= 4096 rows with integer keys take the counting-pass shortcut
+    rng = np.random.default_rng(5)
+    n = 20_000
+    scores = rng.integers(0, 300, n).tolist()
+    tokens = rng.integers(0, 50, n).tolist()
+    docids = [f"d{x}" for x in rng.permutation(n)]
+    got = selection.budget_selection(-np.array(scores, dtype=np.int64), np.array(tokens), pa.array(docids), fraction)
+    assert got.tolist() == reference_budget(docids, scores, tokens, fraction)
