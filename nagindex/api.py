@@ -47,6 +47,8 @@ class Index(IndexSnapshot):
         top_k: int = DEFAULT_TOP_K,
         neuron_types: Sequence[str] | str = (DEFAULT_NEURON_TYPE,),
         max_length: int = DEFAULT_MAX_LENGTH,
+        num_layers: int | None = None,
+        width: int | dict[str, int] | None = None,
         batch_size: int = 32,
         progress: bool = True,
         engine: Any = "local",
@@ -54,11 +56,15 @@ class Index(IndexSnapshot):
         """Index the documents of `pools`.
 
         With `features` (nagindex parquet or upstream JSONL), the features are
-        imported and joined to the pools on docid; otherwise they are
-        extracted with `model` (a name/path for `load_backbone`, a loaded
-        `Backbone`, or None for the embedded default) by the engine. The index
-        is built in a temporary sibling directory and renamed into place when
-        complete.
+        imported and joined to the pools on docid, and no model weights are
+        ever loaded: upstream JSONL, which does not record how it was made,
+        takes `num_layers`, `top_k` and `width` (neurons per layer, or
+        {type: width}) as upstream names them, or reads them from `model`'s
+        config when it is local (`model` is then recorded as the backbone).
+        Otherwise the features are extracted with `model` (a name/path for
+        `load_backbone`, a loaded `Backbone`, or None for the embedded
+        default) by the engine. The index is built in a temporary sibling
+        directory and renamed into place when complete.
         """
         from nagindex.extraction.backbones import Backbone
 
@@ -70,12 +76,14 @@ class Index(IndexSnapshot):
         runner = get_engine(engine)
         # an engine that extracts elsewhere loads the model there; this process needs only the spec
         remote = runner.name != "local" and not features and not isinstance(model, Backbone)
-        backbone = _resolve_backbone(model) if (model is not None or not features) and not remote else None
-        if remote:
+        if features:
+            backbone = model if isinstance(model, Backbone) else None
+            spec = _imported_spec(features, model, neuron_types, top_k, max_length, num_layers, width)
+        elif remote:
+            backbone = None
             spec = runner.feature_spec(model, neuron_types=neuron_types, top_k=top_k, max_length=max_length)
-        elif features:
-            spec = _imported_spec(features, backbone, neuron_types, top_k, max_length)
         else:
+            backbone = _resolve_backbone(model)
             from nagindex.extraction.features import feature_spec
 
             spec = feature_spec(backbone, neuron_types, top_k, max_length)
@@ -86,7 +94,8 @@ class Index(IndexSnapshot):
             index = cls.create(tmp, spec)
             index._backbone = backbone
             index.append(pools, features=features, fmt=fmt, progress=progress, batch_size=batch_size,
-                         _model=backbone if backbone is not None else model, engine=runner)
+                         _model=backbone if backbone is not None else (None if features else model),
+                         engine=runner)
             if path.exists():
                 path.rmdir()
             os.rename(tmp, path)
@@ -134,7 +143,8 @@ class Index(IndexSnapshot):
                 _check_feature_files(spec, features)
                 batches = ingest.join_features(docs, ingest.iter_feature_tables(features, self.batch_rows), spec)
             else:
-                source = _model if _model is not None else (self._backbone or backbone_source(spec))
+                source = _model if _model is not None else (
+                    self._backbone or (self._model if self._model is not None else backbone_source(spec)))
                 load = (lambda: _model) if _model is not None else self.backbone
                 batches = get_engine(engine).extract_batches(docs, model=ModelRef(source, load), spec=spec,
                                                              batch_size=batch_size)
@@ -215,22 +225,69 @@ def _resolve_backbone(model: Any):
     return load_backbone(model)
 
 
-def _imported_spec(features: list, backbone, neuron_types, top_k: int, max_length: int) -> FeatureSpec:
-    """The spec of imported feature files, checked against the model when one is given."""
+def _imported_spec(features: list, model: Any, neuron_types, top_k: int, max_length: int,
+                   num_layers: int | None, width: int | dict[str, int] | None) -> FeatureSpec:
+    """The spec of imported feature files, without loading any weights.
+
+    nagindex parquet records its spec. Upstream JSONL does not: L, K and the
+    layer widths come from `num_layers`/`top_k`/`width`, or from the config of
+    `model` when it is local; `model` is recorded as the backbone (with an
+    unknown weights hash, so only L, K and widths are compared later).
+    """
+    from nagindex.extraction.backbones import Backbone
+    from nagindex.schemas import parse_neuron_types
+
     file_spec = ingest.feature_file_spec(features)
-    if backbone is not None:
+    if isinstance(model, Backbone):
         from nagindex.extraction.features import feature_spec
 
-        spec = feature_spec(backbone, neuron_types, top_k, max_length)
+        spec = feature_spec(model, neuron_types, top_k, max_length)
         if file_spec is not None:
             spec.check_compatible(file_spec, what="the feature files")
             return file_spec
         return spec
-    if file_spec is None:
+    if file_spec is not None:
+        if num_layers is not None and num_layers != file_spec.num_layers:
+            raise NagError(f"--num-layers {num_layers} != L={file_spec.num_layers} recorded in the feature files")
+        return file_spec
+    return upstream_spec(model, parse_neuron_types(neuron_types), top_k, max_length, num_layers, width)
+
+
+def upstream_spec(model: Any, neuron_types: tuple[str, ...], top_k: int, max_length: int,
+                  num_layers: int | None, width: int | dict[str, int] | None) -> FeatureSpec:
+    """The FeatureSpec of upstream NAG features: from the flags, else a local config of `model`."""
+    from nagindex.extraction.backbones import EMBEDDED_NAME, adapter_for, model_config, model_location
+    from nagindex.schemas import BACKBONE_LOCATION_KEY, UNKNOWN_HASH
+
+    config = model_config(model) if model is not None else None
+    if config is not None:
+        layers_in_config = int(config.num_hidden_layers)
+        if num_layers is not None and num_layers != layers_in_config:
+            raise NagError(f"--num-layers {num_layers} != {layers_in_config} layers in the config of {model}")
+        num_layers = layers_in_config
+        widths = {t: int(adapter_for(config).widths(config)[t]) for t in neuron_types}
+    else:
+        widths = {}
+    if isinstance(width, dict):
+        widths.update({t: int(w) for t, w in width.items()})
+    elif width is not None:
+        widths.update({t: int(width) for t in neuron_types})
+    missing = [t for t in neuron_types if t not in widths]
+    if num_layers is None or missing:
+        what = " and ".join(
+            x for x in ("--num-layers" if num_layers is None else "", "--width" if missing else "") if x)
         raise NagError(
-            "these feature files do not record which backbone made them (upstream JSONL); pass --model to name it"
+            "upstream JSONL features do not record how they were made: pass " + what +
+            " (as upstream's --num-layers/--top-k), or --model NAME whose config is local"
         )
-    return file_spec
+    if model is None:
+        name, extra = "upstream", {}
+    else:
+        location = model_location(model)
+        name = EMBEDDED_NAME if location == "embedded" else str(model)
+        extra = {BACKBONE_LOCATION_KEY: location}
+    return FeatureSpec(backbone=name, backbone_hash=UNKNOWN_HASH, num_layers=int(num_layers), top_k=int(top_k),
+                       neuron_types=neuron_types, layer_widths=widths, max_length=int(max_length), extra=extra)
 
 
 def _check_feature_files(spec: FeatureSpec, features: list) -> None:

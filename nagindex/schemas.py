@@ -26,6 +26,13 @@ MAX_LAYER_WIDTH = 65536
 # Bumped whenever the on-disk layout of features or an index changes.
 SCHEMA_VERSION = 1
 
+# `FeatureSpec.extra` key of where the backbone can be loaded again (see
+# `extraction.backbones.model_location`): an absolute path, ``org/name@rev`` or ``embedded``.
+BACKBONE_LOCATION_KEY = "backbone_location"
+# `backbone_hash` of features whose weights were never loaded (upstream NAG
+# JSONL imported with --num-layers/--top-k/--width): compared by L, K and widths only.
+UNKNOWN_HASH = ""
+
 # Key under which a FeatureSpec is stored in parquet / Arrow schema metadata.
 SPEC_METADATA_KEY = b"nagindex.feature_spec"
 
@@ -87,6 +94,11 @@ class FeatureSpec:
     def feature_length(self) -> int:
         return self.num_layers * self.top_k
 
+    @property
+    def backbone_location(self) -> str:
+        """Where the backbone can be loaded again ("" when not recorded)."""
+        return str(self.extra.get(BACKBONE_LOCATION_KEY, ""))
+
     def width(self, neuron_type: str) -> int:
         if neuron_type not in self.neuron_types:
             raise NagError(
@@ -136,7 +148,7 @@ class FeatureSpec:
         only needs fwd_up), but each type it has must have the same width.
         """
         problems = []
-        if self.backbone_hash != other.backbone_hash:
+        if self.backbone_hash != other.backbone_hash and UNKNOWN_HASH not in (self.backbone_hash, other.backbone_hash):
             problems.append(
                 f"backbone {other.backbone} ({other.backbone_hash[:12]}) != "
                 f"{self.backbone} ({self.backbone_hash[:12]})"

@@ -13,7 +13,7 @@ import typer
 
 from nagindex.errors import NagError
 from nagindex.schemas import DEFAULT_NEURON_TYPE
-from nagindex.cli.app import app, deactivate_app, plot_app
+from nagindex.cli.app import MODEL_HELP, app, deactivate_app, plot_app
 
 
 # -- shared options -------------------------------------------------------------
@@ -48,10 +48,14 @@ def _progress_opt():
     return typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")
 
 
-def _open_index(index_dir: Path):
+def _model_opt():
+    return typer.Option(None, "--model", "-m", help=MODEL_HELP)
+
+
+def _open_index(index_dir: Path, model: Optional[str] = None):
     from nagindex.api import Index
 
-    return Index.open(index_dir)
+    return Index.open(index_dir, model=model)
 
 
 def _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress):
@@ -91,11 +95,12 @@ def deactivate_keys_cmd(
     neuron_type: str = _neuron_type_opt(),
     batch_size: int = _batch_opt(),
     progress: bool = _progress_opt(),
+    model: Optional[str] = _model_opt(),
 ) -> None:
     """Find a target's key neurons (SPEC 4): per layer, its most frequent NAG neurons."""
     from nagindex.analysis.deactivation import keys_for_index, save_keys
 
-    index = _open_index(index_dir)
+    index = _open_index(index_dir, model)
     feats = _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress)
     keys = keys_for_index(index, feats, per_layer, neuron_type)
     save_keys(out, keys)
@@ -244,12 +249,13 @@ def explain_cmd(
     neuron_type: str = _neuron_type_opt(),
     batch_size: int = _batch_opt(),
     progress: bool = _progress_opt(),
+    model: Optional[str] = _model_opt(),
 ) -> None:
     """Why a document scored as it did: per-layer contribution, shared neurons, neighbours."""
     from nagindex.analysis import views as analysis
     from nagindex.analysis.explain import explain
 
-    index = _open_index(index_dir)
+    index = _open_index(index_dir, model)
     # Fail on a wrong docid before spending time on the target's extraction.
     analysis.pool_view(index, neuron_type, labels=False).row_of(docid)
     feats = _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress)
@@ -273,13 +279,14 @@ def plot_scores_cmd(
     height: int = _height_opt(),
     batch_size: int = _batch_opt(),
     progress: bool = _progress_opt(),
+    model: Optional[str] = _model_opt(),
 ) -> None:
     """Distribution of nag_distance per `dataset` label, with the budget cut marked."""
     from nagindex.analysis.views import pool_view, target_profile
     from nagindex.analysis.explain import score_distribution
     from nagindex.analysis.plots import plot_scores
 
-    index = _open_index(index_dir)
+    index = _open_index(index_dir, model)
     feats = _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress)
     profile = target_profile(index, feats, neuron_type)
     dist = score_distribution(pool_view(index, neuron_type), profile.weights, profile.denominator, fraction)
@@ -299,13 +306,14 @@ def plot_layers_cmd(
     height: int = _height_opt(),
     batch_size: int = _batch_opt(),
     progress: bool = _progress_opt(),
+    model: Optional[str] = _model_opt(),
 ) -> None:
     """Per-layer mean contribution to the similarity: target documents vs pool documents."""
     from nagindex.analysis.explain import layer_means
     from nagindex.analysis.views import pool_view, target_profile
     from nagindex.analysis.plots import plot_layers
 
-    index = _open_index(index_dir)
+    index = _open_index(index_dir, model)
     feats = _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress)
     profile = target_profile(index, feats, neuron_type)
     means = layer_means(feats, pool_view(index, neuron_type, labels=False), profile.weights, profile.denominator)
@@ -329,13 +337,14 @@ def plot_map_cmd(
     height: int = _height_opt(),
     batch_size: int = _batch_opt(),
     progress: bool = _progress_opt(),
+    model: Optional[str] = _model_opt(),
 ) -> None:
     """2-D map of NAG features (bag of (layer, neuron) pairs), coloured by `dataset` label."""
     from nagindex.analysis.maps import feature_map
     from nagindex.analysis.views import pool_view
     from nagindex.analysis.plots import plot_map
 
-    index = _open_index(index_dir)
+    index = _open_index(index_dir, model)
     feats = None
     if targets or target_features is not None:
         feats = _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress)

@@ -21,3 +21,9 @@ plot_app = typer.Typer(help="Pictures of scores, layers and feature maps, writte
 app.add_typer(index_app, name="index")
 app.add_typer(deactivate_app, name="deactivate")
 app.add_typer(plot_app, name="plot")
+
+# `--model` of every command that loads the index's backbone.
+MODEL_HELP = (
+    "The index's backbone, where it is not at the location the index recorded: a local model directory, "
+    ".gguf file, hub id, or 'embedded'. Its weights are checked against the index's."
+)

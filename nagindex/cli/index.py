@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from nagindex.schemas import DEFAULT_MAX_LENGTH, DEFAULT_NEURON_TYPE, DEFAULT_TOP_K, NEURON_TYPES
-from nagindex.cli.app import index_app
+from nagindex.cli.app import MODEL_HELP, index_app
 
 _POOLS_HELP = (
     "Pool files: web parquet (docid, doc, token_num, dataset, any payload columns), final parquet "
@@ -44,11 +44,19 @@ def build(
         None,
         "--model",
         "-m",
-        help="Backbone that extracts the features: a Hugging Face repo id, a local model directory or a .gguf "
-        "file. Default: the embedded SmolLM2-135M-Instruct (not needed with --features from `nag extract`).",
+        help="Backbone that extracts the features: a Hugging Face repo id (org/name or org/name@revision), a "
+        "local model directory, a .gguf file, or 'embedded' (the bundled SmolLM2-135M-Instruct, the default). "
+        "Its location is stored resolved (absolute path, or hub id and revision). With --features it is only "
+        "recorded (its config read when local): its weights are never loaded.",
     ),
     features: Optional[List[Path]] = typer.Option(None, "--features", help=_FEATURES_HELP),
     top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", "-k", help="Neurons kept per layer (K). Default: 20."),
+    num_layers: Optional[int] = typer.Option(
+        None, "--num-layers", help="Layers (L) of upstream JSONL --features, as upstream's --num-layers "
+        "(e.g. 28 for Qwen3-1.7B). Not needed with --model whose config is local, or with `nag extract` parquet."),
+    width: Optional[int] = typer.Option(
+        None, "--width", help="Neurons per layer of upstream JSONL --features (e.g. 6144 for fwd_up of "
+        "Qwen3-1.7B), where no local --model config gives it."),
     neuron_types: str = typer.Option(
         DEFAULT_NEURON_TYPE,
         "--neuron-types",
@@ -69,13 +77,18 @@ def build(
     them with --features), and stores documents, payload and features in a
     LanceDB table with FAISS inverted lists beside it. The index appears only
     when complete.
+
+    Example: nag index build idx pool.parquet
+
+    From upstream NAG features, without the model:
+    nag index build idx pool.parquet --features feats.jsonl --num-layers 28 --top-k 20 --width 6144
     """
     from nagindex.api import Index
 
     index = Index.build(
         index_dir, pools, model=model, features=features or None, fmt=fmt, top_k=top_k,
-        neuron_types=neuron_types, max_length=max_length, batch_size=batch_size, progress=progress,
-        engine=engine,
+        neuron_types=neuron_types, max_length=max_length, num_layers=num_layers, width=width,
+        batch_size=batch_size, progress=progress, engine=engine,
     )
     info = index.info()
     typer.echo(f"indexed {info['documents']} documents ({info['tokens']} tokens) into {index_dir}")
@@ -95,6 +108,7 @@ def append(
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Documents per forward pass. Default: 32."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     engine: str = typer.Option("local", "--engine", help=_ENGINE_HELP),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
 ) -> None:
     """Add the documents of POOL files to INDEX_DIR.
 
@@ -104,7 +118,7 @@ def append(
     """
     from nagindex.api import Index
 
-    index = Index.open(index_dir)
+    index = Index.open(index_dir, model=model)
     result = index.append(pools, features=features or None, replace=replace, fmt=fmt, batch_size=batch_size,
                           progress=progress, engine=engine)
     typer.echo(

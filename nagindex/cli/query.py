@@ -10,7 +10,7 @@ import typer
 
 from nagindex.errors import NagError
 from nagindex.schemas import DATASET, DEFAULT_NEURON_TYPE, NEURON_TYPES
-from nagindex.cli.app import app
+from nagindex.cli.app import MODEL_HELP, app
 
 
 def _check_output(out: Path) -> None:
@@ -103,18 +103,22 @@ def query(
     fmt: str = typer.Option("auto", "--format", "-f", help="Layout of TARGET files: auto, web, final, jsonl or txt. Default: auto."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Target documents per forward pass. Default: 32."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help=MODEL_HELP),
 ) -> None:
     """Rank the pool of INDEX_DIR against TARGET documents and write the selection.
 
     One TARGET selects by token budget (--fraction) or best N (--top); several
     make the multi-target mixture. Prints a one-screen summary.
+
+    Example: nag query idx target.parquet --fraction 0.1 --out selected.parquet
     """
     from nagindex.api import Index
 
     if not targets and not target_features:
         raise NagError("give at least one TARGET file or --target-features")
     _check_output(out)
-    result = Index.open(index_dir).run_query(
+    result = Index.open(index_dir, model=model).run_query(
         [str(t) for t in targets or []],
         target_features=[str(f) for f in target_features or []],
         target_filter=target_filter,

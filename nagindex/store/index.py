@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from nagindex.errors import NagError
-from nagindex.schemas import DEFAULT_NEURON_TYPE, ROW, FeatureSpec, feature_column, index_schema
+from nagindex.schemas import DEFAULT_NEURON_TYPE, ROW, UNKNOWN_HASH, FeatureSpec, feature_column, index_schema
 from nagindex.store.manifest import Manifest, read_manifest
 from nagindex.store.segment import Segment, gather_rows
 
@@ -60,9 +60,20 @@ def _dir_size(path: Path) -> int:
 
 
 def backbone_source(spec: FeatureSpec):
-    """What `load_backbone` needs to reload the backbone named in a spec."""
+    """What `load_backbone` needs to reload the backbone of a spec: its recorded
+    location (absolute path, ``org/name@rev``, None for the embedded default);
+    the name as typed for indexes older than locations."""
     from nagindex.extraction import backbones
 
+    location = spec.backbone_location
+    if location:
+        return None if location == backbones.EMBEDDED_LOCATION else location
+    if spec.backbone_hash == UNKNOWN_HASH:
+        raise NagError(
+            f"this index was built from upstream features without a backbone (L={spec.num_layers}, "
+            f"K={spec.top_k}); text targets need a loadable backbone: pass --model NAME|PATH of the model "
+            "that made the features, or give the targets as features (--target-features)"
+        )
     return None if spec.backbone == backbones.EMBEDDED_NAME else spec.backbone
 
 
@@ -73,9 +84,11 @@ class IndexSnapshot:
     segment_rows: int = SEGMENT_ROWS
     batch_rows: int = BATCH_ROWS
 
-    def __init__(self, path: str | os.PathLike, manifest: Manifest):
+    def __init__(self, path: str | os.PathLike, manifest: Manifest, model=None):
         self.path = Path(path)
         self._backbone = None
+        # a backbone named by the caller (`--model`): used instead of the recorded location
+        self._model = model
         self._load(manifest)
 
     # -- opening ---------------------------------------------------------------
@@ -95,14 +108,19 @@ class IndexSnapshot:
         self._token_num = None
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "IndexSnapshot":
-        """Open the index at `path` read-only, pinned to its current committed state."""
+    def open(cls, path: str | os.PathLike, *, model=None) -> "IndexSnapshot":
+        """Open the index at `path` read-only, pinned to its current committed state.
+
+        `model` (a path, hub id, ``embedded`` or a loaded Backbone) replaces the
+        recorded backbone location when text must be extracted; its weights
+        are checked against the index's.
+        """
         path = Path(path)
         last_error: Exception | None = None
         for _ in range(5):
             manifest = read_manifest(path)
             try:
-                return cls(path, manifest)
+                return cls(path, manifest, model=model)
             except (OSError, ValueError) as e:
                 # a compaction may have replaced the files between reading the
                 # manifest and opening them: read the manifest again
@@ -237,16 +255,28 @@ class IndexSnapshot:
         return got.take(pa.array(inverse))
 
     def backbone(self):
-        """The backbone that made the features (loaded on first use)."""
+        """The backbone that made the features (loaded on first use, from `model`
+        given to `open` or else the recorded location), checked against the index."""
         if self._backbone is None:
-            from nagindex.extraction.backbones import load_backbone
+            from nagindex.extraction.backbones import Backbone, load_backbone
+            from nagindex.extraction.features import feature_spec
 
-            backbone = load_backbone(backbone_source(self.spec))
-            if backbone.weights_hash != self.spec.backbone_hash:
+            spec = self.spec
+            source = self._model if self._model is not None else backbone_source(spec)
+            try:
+                backbone = source if isinstance(source, Backbone) else load_backbone(source)
+            except NagError as exc:
+                if self._model is not None:
+                    raise
+                raise NagError(f"the index's backbone {spec.backbone} cannot be loaded ({exc}); pass --model "
+                               "with the same weights (a local directory, .gguf file or hub id)") from None
+            if spec.backbone_hash != UNKNOWN_HASH and backbone.weights_hash != spec.backbone_hash:
                 raise NagError(
-                    f"the backbone {self.spec.backbone} loaded now has weights {backbone.weights_hash[:12]}, "
-                    f"the index was built with {self.spec.backbone_hash[:12]}"
+                    f"the backbone {backbone.name} has weights {backbone.weights_hash[:12]}, "
+                    f"the index {spec.backbone} was built with {spec.backbone_hash[:12]}"
                 )
+            spec.check_compatible(feature_spec(backbone, spec.neuron_types, spec.top_k, spec.max_length),
+                                  what=f"the features of the backbone {backbone.name}")
             self._backbone = backbone
         return self._backbone
 
