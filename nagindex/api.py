@@ -19,6 +19,7 @@ import pyarrow as pa
 from nagindex.engines import get_engine
 from nagindex.engines.base import ModelRef
 from nagindex.errors import NagError
+from nagindex.sources import expand_sources, is_table_like
 from nagindex.schemas import DEFAULT_MAX_LENGTH, DEFAULT_NEURON_TYPE, DEFAULT_TOP_K, FeatureSpec
 from nagindex.store import ingest, writer
 from nagindex.store.index import IndexSnapshot, backbone_source
@@ -53,7 +54,8 @@ class Index(IndexSnapshot):
         progress: bool = True,
         engine: Any = "local",
     ) -> "Index":
-        """Index the documents of `pools`.
+        """Index the documents of `pools`: files, directories, globs, or tables in memory
+        (pyarrow Table/Dataset, pandas or polars DataFrame, `datasets.Dataset`), in any mix.
 
         With `features` (nagindex parquet or upstream JSONL), the features are
         imported and joined to the pools on docid, and no model weights are
@@ -71,7 +73,7 @@ class Index(IndexSnapshot):
         path = Path(path)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise NagError(f"{path} already exists and is not empty; use `nag index append` to add documents")
-        pools = _as_list(pools)
+        pools = expand_sources(pools)
         features = _as_list(features) if features is not None else None
         runner = get_engine(engine)
         # an engine that extracts elsewhere loads the model there; this process needs only the spec
@@ -120,9 +122,9 @@ class Index(IndexSnapshot):
         engine: Any = "local",
         _model: Any = None,
     ) -> AppendResult:
-        """Add documents: from pool files (features extracted, or imported from
-        `features` files), or from a `documents` table with `feature_arrays`
-        (or with `<type>_feature` columns).
+        """Add documents: from pools (files, directories, globs or tables in memory, as for
+        `build`; features extracted, or imported from `features` files), or from a
+        `documents` table with `feature_arrays` (or with `<type>_feature` columns).
 
         Docids already in the index are skipped and counted, or with
         `replace=True` the old rows are replaced. All or nothing: a crash
@@ -135,7 +137,7 @@ class Index(IndexSnapshot):
             batches, total = ingest.table_batches(documents, feature_arrays, spec, self.batch_rows), documents.num_rows
             tokens = None
         else:
-            pools = _as_list(pools)
+            pools = expand_sources(pools)
             total = ingest.count_rows(pools)
             docs = ingest.document_batches(pools, fmt, self.batch_rows, require_text=not features)
             if features:
@@ -212,7 +214,7 @@ class Index(IndexSnapshot):
 
 
 def _as_list(paths) -> list:
-    if isinstance(paths, (str, os.PathLike)):
+    if isinstance(paths, (str, os.PathLike)) or is_table_like(paths):
         return [paths]
     return list(paths)
 

@@ -223,6 +223,11 @@ def _normalise(table: pa.Table, source: str, *, require_text: bool, strict: bool
     return table.select(front + [c for c in table.column_names if c not in front]), skipped
 
 
+def document_layout(table: pa.Table, source: str, *, require_text: bool = True, strict: bool = False) -> pa.Table:
+    """A raw table in memory put into the document layout (unusable texts skipped or refused)."""
+    return _normalise(table, source, require_text=require_text, strict=strict)[0]
+
+
 def normalize_documents(table: pa.Table, source: str = "documents") -> pa.Table:
     """docid as non-null string, token_num as nullable int64 >= 0, dataset as string.
 

@@ -75,30 +75,41 @@ def pool_view(index: Any, neuron_type: str = DEFAULT_NEURON_TYPE, *, labels: boo
 
 def target_features_for(
     index: Any,
-    targets: Sequence[str | os.PathLike] = (),
+    targets: Sequence[Any] | Any = (),
     *,
     target_features: str | os.PathLike | None = None,
+    target_texts: Sequence[str] | None = None,
     neuron_type: str = DEFAULT_NEURON_TYPE,
     fmt: str = "auto",
     batch_size: int = 32,
     progress: bool = False,
 ) -> np.ndarray:
-    """The target's NAG features, from raw text files (extracted with the index's backbone)
-    or from a feature file made with the same backbone, L, K and max_length.
+    """The target's NAG features, from raw text (files, directories, globs, a table in
+    memory, or `target_texts` strings; extracted with the index's backbone) or from a
+    feature file made with the same backbone, L, K and max_length.
 
     The reading itself is `nagindex.ranking.query`'s, so every command takes its
     target exactly as `nag query` does.
     """
     from nagindex.ranking.query import load_feature_target, load_text_target
+    from nagindex.sources import is_table_like
 
-    targets = [str(t) for t in targets]
-    if target_features is not None and targets:
-        raise NagError("give the target either as TARGET files or as --target-features, not both")
+    if isinstance(targets, (str, os.PathLike)) or is_table_like(targets):
+        targets = [targets]
+    targets = [t if is_table_like(t) else str(t) for t in targets]
+    given = [what for what, there in (("TARGET files", bool(targets)), ("--target-features", target_features is not None),
+                                      ("target_texts", target_texts is not None)) if there]
+    if len(given) > 1:
+        raise NagError(f"give the target one way only, not as {' and '.join(given)}")
     if target_features is not None:
         feats = load_feature_target(index, str(target_features), neuron_type=neuron_type).features
+    elif target_texts is not None:
+        feats = load_text_target(index, None, texts=list(target_texts), neuron_type=neuron_type,
+                                 batch_size=batch_size, progress=progress).features
     elif targets:
+        source = targets[0] if len(targets) == 1 and is_table_like(targets[0]) else targets
         feats = load_text_target(
-            index, targets, neuron_type=neuron_type, fmt=fmt, batch_size=batch_size, progress=progress
+            index, source, neuron_type=neuron_type, fmt=fmt, batch_size=batch_size, progress=progress
         ).features
     else:
         raise NagError("no target given: pass TARGET files or --target-features FILE")

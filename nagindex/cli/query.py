@@ -64,8 +64,9 @@ def query(
         None,
         help="Target documents as raw text: web parquet (doc), final parquet (content_split), JSONL "
         "(text or doc) or .txt (one document per line). Each TARGET is one target set (quote a glob "
-        "like 'arc/*.parquet' to pass shards of one set); several TARGETs make the multi-target "
-        "mixture. Their NAG is extracted with the index's own backbone and settings.",
+        "like 'arc/*.parquet', or give a directory, to pass shards of one set); several TARGETs make the "
+        "multi-target mixture, named after their files. Their NAG is extracted with the index's own backbone "
+        "and settings.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output parquet of the selected rows, in rank order. "
                              "Written atomically; a missing directory is created."),
@@ -77,8 +78,10 @@ def query(
     target_features: Optional[List[Path]] = typer.Option(
         None, "--target-features", help="Precomputed target features instead of raw text (nagindex parquet "
         "from `nag extract` or upstream JSONL); repeat for several targets. Checked against the index's backbone, L and K."),
-    target_filter: Optional[str] = typer.Option(
-        None, "--target-filter", help="Keep only target documents whose --target-filter-col equals this value."),
+    target_filter: Optional[List[str]] = typer.Option(
+        None, "--target-filter", help="Keep only target documents whose --target-filter-col equals this value "
+        "(text targets and --target-features alike). Once: every target; repeated: one per target in order "
+        "(TARGETs, then --target-features), '-' for none."),
     target_filter_col: str = typer.Option(DATASET, "--target-filter-col", help="Column --target-filter reads. Default: dataset."),
     power: float = typer.Option(1.0, "--power", help="Raise target neuron counts to this power before "
                                 "normalising the profile (SPEC 2). Default: 1.0."),
@@ -121,7 +124,7 @@ def query(
     result = Index.open(index_dir, model=model).run_query(
         [str(t) for t in targets or []],
         target_features=[str(f) for f in target_features or []],
-        target_filter=target_filter,
+        target_filter=[None if f == "-" else f for f in target_filter] if target_filter else None,
         target_filter_col=target_filter_col,
         fraction=fraction,
         top=top,

@@ -37,8 +37,12 @@ def _file_identity(path: Path) -> list:
     return [str(path.resolve()), st.st_size, st.st_mtime_ns]
 
 
+# Bumped when a part file's columns change, so that parts of the old layout are redone.
+_PART_LAYOUT = 2  # 2: the `dataset` column is kept (for --target-filter on features)
+
+
 def _job_key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(json.dumps((_PART_LAYOUT, *parts), sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _read_job_key(path: Path) -> str | None:
@@ -160,7 +164,8 @@ def extract_files(
             chunk.column("docid").to_pylist(),
             feats,
             spec,
-            columns={"token_num": pa.array(token_num, pa.int64())},
+            columns={"token_num": pa.array(token_num, pa.int64()),
+                     **({"dataset": chunk.column("dataset")} if "dataset" in chunk.column_names else {})},
             metadata={JOB_METADATA_KEY: key.encode()},
         )
         computed_docs += length

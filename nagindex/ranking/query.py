@@ -74,7 +74,8 @@ def run_query(
     targets: Sequence[Any] = (),
     *,
     target_features: Sequence[Any] | None = None,
-    target_filter: str | None = None,
+    target_texts: Any = None,
+    target_filter: str | Sequence[str | None] | None = None,
     target_filter_col: str = DATASET,
     fraction: float | None = None,
     top: int | None = None,
@@ -94,9 +95,14 @@ def run_query(
 ) -> QueryResult:
     """Select from the index's pool for each target (SPEC 3) and mix them (SPEC 4).
 
-    `targets`: raw text files (one target per item; a glob or list of shards
-    is one target), `Target` objects or (n, L*K) feature arrays.
+    `targets`: raw text files, directories or globs (one target per item; a
+    list of shards is one target), tables in memory (pyarrow, pandas, polars,
+    `datasets`), `Target` objects or (n, L*K) feature arrays.
     `target_features`: precomputed feature files, one target per item.
+    `target_texts`: target documents as strings: a list of strings is one
+    target, a {name: [strings]} dict one target per name.
+    `target_filter`: one value for every target, or a list with one value
+    (or None) per target, in the order targets, target_features, target_texts.
     Selection is by token budget (`fraction`, default 0.2) or the best `top`
     rows; with M targets each gets fraction/M (or top/M, remainders to the
     first targets).
@@ -114,7 +120,8 @@ def run_query(
     if quality_col is not None:
         _check_quality_column(index, quality_col)
 
-    loaded = load_targets(index, targets, target_features, neuron_type=neuron_type, target_filter=target_filter,
+    loaded = load_targets(index, targets, target_features, target_texts=target_texts, neuron_type=neuron_type,
+                          target_filter=target_filter,
                           target_filter_col=target_filter_col, fmt=fmt, batch_size=batch_size, progress=progress)
     live = live_rows(index)
     profiles = target_profiles(index, loaded, neuron_type, live, power=power, layers=kept_layers, contrast=contrast)
@@ -137,27 +144,61 @@ def run_query(
 
 
 def load_targets(index, targets, target_features, *, neuron_type: str, target_filter, target_filter_col: str,
-                 fmt: str, batch_size: int, progress: bool) -> list[Target]:
-    """Every target of a query, from texts, feature files or arrays, in the order given."""
-    if isinstance(targets, (np.ndarray, Target, str, os.PathLike)):
+                 fmt: str, batch_size: int, progress: bool, target_texts: Any = None) -> list[Target]:
+    """Every target of a query, from texts, feature files, tables or arrays, in the order given.
+
+    Targets are named after their files (stem), or `texts`/the dict keys;
+    a name that repeats gets ``#2``, ``#3``...
+    """
+    from nagindex.sources import is_table_like
+
+    if isinstance(targets, (np.ndarray, Target, str, os.PathLike)) or is_table_like(targets):
         targets = [targets]  # one target given bare
     if isinstance(target_features, (str, os.PathLike)):
         target_features = [target_features]
     items = list(targets if targets is not None else []) + [("features", f) for f in (target_features or [])]
+    if isinstance(target_texts, dict):
+        items += [("texts", str(k), v) for k, v in target_texts.items()]
+    elif target_texts is not None:
+        if len(target_texts) and not isinstance(target_texts[0], str) and not isinstance(target_texts, str):
+            items += [("texts", f"texts{i}", v) for i, v in enumerate(target_texts)]  # a list of lists
+        else:
+            items.append(("texts", "texts", target_texts))
     if not items:
         raise NagError("no target given")
+    filters = _per_target(target_filter, len(items))
     loaded: list[Target] = []
     for i, item in enumerate(items):
+        keep = dict(target_filter=filters[i], target_filter_col=target_filter_col)
         if isinstance(item, tuple) and len(item) == 2 and item[0] == "features":
-            loaded.append(load_feature_target(index, item[1], neuron_type=neuron_type,
-                                              target_filter=target_filter, target_filter_col=target_filter_col))
-        elif isinstance(item, (str, os.PathLike)) or (isinstance(item, list) and item and isinstance(item[0], (str, os.PathLike))):
-            loaded.append(load_text_target(index, item, neuron_type=neuron_type, target_filter=target_filter,
-                                           target_filter_col=target_filter_col, fmt=fmt,
-                                           batch_size=batch_size, progress=progress))
+            loaded.append(load_feature_target(index, item[1], neuron_type=neuron_type, **keep))
+        elif isinstance(item, tuple) and len(item) == 3 and item[0] == "texts":
+            loaded.append(load_text_target(index, None, texts=item[2], name=item[1], neuron_type=neuron_type,
+                                           batch_size=batch_size, progress=progress, **keep))
+        elif (isinstance(item, (str, os.PathLike)) or is_table_like(item)
+              or (isinstance(item, list) and item and isinstance(item[0], (str, os.PathLike)))):
+            loaded.append(load_text_target(index, item, neuron_type=neuron_type, fmt=fmt,
+                                           batch_size=batch_size, progress=progress, **keep))
         else:
             loaded.append(as_target(index, item, i, neuron_type))
+    seen: dict[str, int] = {}
+    for t in loaded:
+        seen[t.name] = seen.get(t.name, 0) + 1
+        if seen[t.name] > 1:
+            t.name = f"{t.name}#{seen[t.name]}"
     return loaded
+
+
+def _per_target(target_filter, m: int) -> list:
+    """One filter value per target: a single value applies to all."""
+    if target_filter is None or isinstance(target_filter, (str, int, float)):
+        return [target_filter] * m
+    values = list(target_filter)
+    if len(values) == 1:
+        return values * m
+    if len(values) != m:
+        raise NagError(f"{len(values)} target filters for {m} targets: give one, or one per target")
+    return values
 
 
 def target_profiles(index, targets: Sequence[Target], neuron_type: str, live: np.ndarray, *, power: float,

@@ -48,15 +48,21 @@ def _filter_rows(table: pa.Table, value: str | None, column: str, source: str) -
 
 
 def load_text_target(index, source, *, neuron_type: str, target_filter=None, target_filter_col=DATASET,
-                     fmt: str = "auto", batch_size: int = 32, progress: bool = False) -> Target:
-    """Read raw target documents and extract their NAG with the index's own
+                     fmt: str = "auto", batch_size: int = 32, progress: bool = False,
+                     texts: list[str] | None = None, name: str | None = None) -> Target:
+    """Read raw target documents (files, directories, globs or a table in memory; or
+    `texts`, strings given as such) and extract their NAG with the index's own
     backbone and settings (K, max_length)."""
     from nagindex.extraction.features import extract_texts
-    from nagindex.io import read_documents
+    from nagindex.sources import read_documents, source_name, texts_table
 
-    paths = _expand(source) if not isinstance(source, (list, tuple)) else [p for s in source for p in _expand(s)]
-    name = str(source) if not isinstance(source, (list, tuple)) else ",".join(map(str, source))
-    docs = _filter_rows(read_documents(paths, fmt), target_filter, target_filter_col, name)
+    if texts is not None:
+        name = name or "texts"
+        docs = texts_table(texts, name)
+    else:
+        name = name or source_name(source)
+        docs = read_documents(source, fmt)
+    docs = _filter_rows(docs, target_filter, target_filter_col, name)
     if docs.num_rows == 0:
         raise NagError(f"the target {name} is empty" + (" after filtering" if target_filter is not None else ""))
     spec = index.spec
@@ -77,9 +83,10 @@ def load_feature_target(index, source, *, neuron_type: str, target_filter=None,
     """Read precomputed target features (nagindex parquet or upstream JSONL)
     after checking they were made like the index's."""
     from nagindex.io import features_from_table, read_feature_files
+    from nagindex.sources import source_name
 
     paths = _expand(source) if not isinstance(source, (list, tuple)) else [p for s in source for p in _expand(s)]
-    name = str(source) if not isinstance(source, (list, tuple)) else ",".join(map(str, source))
+    name = source_name(source)
     table, spec = read_feature_files(paths)
     if spec is not None:
         index.spec.check_compatible(spec, what=f"the target features {name}")

@@ -223,26 +223,19 @@ def join_features(
 # -- batches for the store ---------------------------------------------------------
 
 
-def count_rows(paths: Sequence) -> int | None:
-    """Total documents of parquet pools (for the progress bar), None when unknown."""
-    import pyarrow.parquet as pq
+def count_rows(sources: Sequence) -> int | None:
+    """Total documents of the pools (for the progress bar), None when unknown."""
+    from nagindex.sources import count_rows as count
 
-    total = 0
-    for p in paths:
-        if not str(p).endswith(".parquet"):
-            return None
-        try:
-            total += pq.ParquetFile(p).metadata.num_rows
-        except Exception:
-            return None
-    return total
+    return count(sources)
 
 
-def document_batches(paths: Sequence, fmt: str, batch_rows: int, require_text: bool) -> Iterator[pa.Table]:
-    """Pool documents streamed in batches (any format `io` reads), normalised."""
-    from nagindex.io import iter_document_batches
+def document_batches(sources: Sequence, fmt: str, batch_rows: int, require_text: bool) -> Iterator[pa.Table]:
+    """Pool documents streamed in batches (files of any format `io` reads, or tables in memory,
+    as `sources.expand_sources` lists them), normalised."""
+    from nagindex.sources import document_batches as batches
 
-    for table in iter_document_batches(paths, fmt, batch_rows, require_text=require_text):
+    for table in batches(sources, fmt, batch_rows, require_text=require_text):
         yield normalize_documents(table, "pool")
 
 
