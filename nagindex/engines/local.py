@@ -7,8 +7,6 @@ from typing import Any, Iterable, Sequence
 import pyarrow as pa
 
 from nagindex.engines.base import Engine, ModelRef
-from nagindex.extraction.backbones import Backbone, load_backbone
-from nagindex.extraction.features import feature_spec
 from nagindex.ranking.planner import local_candidates
 from nagindex.schemas import FeatureSpec
 from nagindex.store import ingest
@@ -18,6 +16,10 @@ class LocalEngine(Engine):
     name = "local"
 
     def feature_spec(self, model: Any, *, neuron_types: Sequence[str], top_k: int, max_length: int) -> FeatureSpec:
+        # extraction imports torch (seconds): only the calls that extract load it, never a query
+        from nagindex.extraction.backbones import Backbone, load_backbone
+        from nagindex.extraction.features import feature_spec
+
         backbone = model if isinstance(model, Backbone) else load_backbone(model)
         return feature_spec(backbone, neuron_types, top_k, max_length)
 

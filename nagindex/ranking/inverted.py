@@ -78,14 +78,12 @@ def inverted_candidates(
     acc + R >= theta, so the rows with acc + R >= theta contain the answer
     (the untouched rows, acc = 0, are out once R < theta).
     """
-    from nagindex.store.postings import list_ids  # faiss loads only when the lists are used
-
     width = profile.width
     k = profile.top_k
     n_live = len(live)
     if n_live == 0:
         return Candidates(live, np.zeros(0, np.int64), {"rounds": 0})
-    inv = index.postings(neuron_type)
+    inv = index.posting_lists(neuron_type)
     weights = profile.weights
     pos, neuron = np.nonzero(weights > 0)
     w = weights[pos, neuron]
@@ -118,7 +116,7 @@ def inverted_candidates(
         # read lists until this round's quota of postings is used up
         target_read = read + quota
         while t < len(w) and read < target_read:
-            ids = list_ids(inv, int(list_no[t]))
+            ids = inv.ids(int(list_no[t]))
             if len(ids) > 1 and bool(np.any(ids[1:] <= ids[:-1])):
                 # a row listed twice (a NAG naming one neuron twice in a layer)
                 # or unsorted lists: the bound assumes neither, so scan instead
@@ -168,7 +166,7 @@ def inverted_looks_hopeless(index, profile: scoring.Profile, neuron_type: str, l
     of rows scored exactly estimates the cut score theta generously (the
     sample maximum for tiny answers). If R stays above that, the try can only
     fail, so scan at once."""
-    inv = index.postings(neuron_type)
+    inv = index.posting_lists(neuron_type)
     width, k = profile.width, profile.top_k
     weights = profile.weights
     pos, neuron = np.nonzero(weights > 0)
@@ -176,7 +174,7 @@ def inverted_looks_hopeless(index, profile: scoring.Profile, neuron_type: str, l
     order = np.lexsort((neuron, pos, -w))
     pos, neuron = pos[order], neuron[order]
     list_no = np.asarray(profile.layers, dtype=np.int64)[pos] * width + neuron
-    sizes = np.fromiter((inv.list_size(int(x)) for x in list_no), dtype=np.int64, count=len(list_no))
+    sizes = inv.sizes()[list_no]
     cap = max_postings_share * index.num_rows * len(profile.layers) * k
     readable = int(np.searchsorted(np.cumsum(sizes), cap, side="right"))
     read_in_layer = np.bincount(pos[:readable], minlength=len(profile.layers))

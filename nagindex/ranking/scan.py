@@ -28,8 +28,7 @@ def pool_neuron_counts(index, neuron_type: str, live: np.ndarray) -> np.ndarray:
     not change when `compact` drops them)."""
     spec = index.spec
     width = spec.width(neuron_type)
-    inv = index.postings(neuron_type)
-    sizes = np.array([inv.list_size(i) for i in range(spec.num_layers * width)], dtype=np.int64)
+    sizes = index.posting_lists(neuron_type).sizes()
     if len(live) < index.num_rows:
         dead = np.setdiff1d(np.arange(index.num_rows, dtype=np.int64), live)
         sizes -= scoring.layer_counts(
@@ -48,18 +47,32 @@ def read_rows(index, neuron_type: str, rows: np.ndarray) -> np.ndarray:
 def scan_scores(index, profiles: Sequence[scoring.Profile], neuron_type: str, *, progress: bool = False) -> np.ndarray:
     """(len(profiles), num_rows) int64 scores of every row, one pass over the
     forward matrices (each block is read once for all profiles)."""
-    from tqdm.auto import tqdm
-
     scores = np.zeros((len(profiles), index.num_rows), dtype=np.int64)
-    bar = tqdm(total=index.num_rows, unit="doc", desc="scan", disable=not progress, dynamic_ncols=True)
+    kernel = scoring.choose_kernel(index.num_rows * len(profiles))  # once for the whole pool
+    bar = _progress_bar(index.num_rows, progress)
     for first, matrix in index.feature_segments(neuron_type):
         for start, block in iter_blocks(matrix, SCAN_BLOCK_ROWS):
             lo = first + start
-            for i, profile in enumerate(profiles):
-                scores[i, lo : lo + len(block)] = scoring.score_features(block, profile)
+            scores[:, lo : lo + len(block)] = scoring.score_features_many(block, profiles, kernel=kernel)
             bar.update(len(block))
     bar.close()
     return scores
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int, progress: bool):
+    if not progress:
+        return _NoBar()  # tqdm.auto imports asyncio: not worth it for a bar nobody sees
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="doc", desc="scan", dynamic_ncols=True)
 
 
 def _whole_file_map(matrix) -> str | None:

@@ -17,6 +17,7 @@ Nothing here reads files; `query.py` feeds matrices in.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 
@@ -218,49 +219,48 @@ def build_profile(
 
 
 # -- kernel ------------------------------------------------------------------
-def _numpy_gather_sum(features, cols, table, offs, out) -> None:
-    idx = (features if cols is None else features[:, cols]).astype(np.int64)
-    idx += offs
-    np.sum(np.take(table, idx), axis=1, dtype=np.int64, out=out)
-
-
-try:  # numba compiles the gather-sum loop; plain numpy is the fallback.
-    import numba
-
-    # One flat loop per row over (offset + neuron) lookups: with an int32
-    # table and accumulator LLVM turns it into SIMD gathers (2x the int64 speed).
-    @numba.njit(nogil=True, parallel=True, cache=True)
-    def _numba_gather_sum_all(features, offs, table, zero, out):  # pragma: no cover - compiled
-        n, m = features.shape
-        for i in numba.prange(n):
-            s = zero
-            for c in range(m):
-                s += table[offs[c] + np.int32(features[i, c])]
-            out[i] = s
-
-    @numba.njit(nogil=True, parallel=True, cache=True)
-    def _numba_gather_sum_cols(features, cols, offs, table, zero, out):  # pragma: no cover - compiled
-        n = features.shape[0]
-        m = cols.shape[0]
-        for i in numba.prange(n):
-            s = zero
-            for c in range(m):
-                s += table[offs[c] + np.int32(features[i, cols[c]])]
-            out[i] = s
-
-    HAVE_NUMBA = True
-except Exception:  # pragma: no cover - depends on the environment
-    HAVE_NUMBA = False
+# numba is imported only when its kernel runs (`kernels_numba`): finding it is free.
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
 # Rows per kernel call: a block of 560 uint16 columns is ~36 MB at 32k rows.
 BLOCK_ROWS = 32768
+# Rows per numpy step: the int64 index block (~2.3 MB) stays in cache (1.5x 4096 rows).
+NUMPY_STEP_ROWS = 512
 INT32_MAX = 2**31 - 1
+# The numba kernel costs a fixed 0.5-1 s in a fresh process (numba's import and
+# its cached machine code) and then scores ~6x as fast as the numpy kernel
+# (benchmarks/bench_query.py --parts a): it pays from about this many rows on.
+NUMBA_MIN_ROWS = 400_000
+
+_numba_kernels = None
+
+
+def numba_kernels():
+    """The compiled kernels module (imports numba on first use)."""
+    global _numba_kernels
+    if _numba_kernels is None:
+        from nagindex.ranking import kernels_numba
+
+        _numba_kernels = kernels_numba
+    return _numba_kernels
+
+
+def choose_kernel(rows: int) -> str:
+    """The kernel ("numba" or "numpy") for scoring `rows` rows (profiles x documents) here.
+
+    NAGINDEX_KERNEL=numpy|numba forces one; otherwise numba once it is loaded
+    or when the work is large enough to repay loading it."""
+    forced = os.environ.get("NAGINDEX_KERNEL", "")
+    if forced == "numpy" or not HAVE_NUMBA:
+        return "numpy"
+    if forced == "numba" or _numba_kernels is not None or rows >= NUMBA_MIN_ROWS:
+        return "numba"
+    return "numpy"
 
 
 def _kernel_name() -> str:
-    if HAVE_NUMBA and os.environ.get("NAGINDEX_KERNEL", "") != "numpy":
-        return "numba"
-    return "numpy"
+    """The kernel a large scan uses (for the benchmarks' labels)."""
+    return choose_kernel(NUMBA_MIN_ROWS)
 
 
 def kernel_tables(profile: Profile) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
@@ -278,39 +278,91 @@ def kernel_tables(profile: Profile) -> tuple[np.ndarray | None, np.ndarray, np.n
     return (None if all_cols else cols), offs, np.ascontiguousarray(table)
 
 
-def score_features(features: np.ndarray, profile: Profile, *, kernel: str | None = None) -> np.ndarray:
-    """Integer scores of documents: sum of profile weights over their NAG.
+def _numpy_gather_sum(features, cols, table, offs, out) -> None:
+    idx = (features if cols is None else features[:, cols]).astype(np.int64)
+    idx += offs
+    np.sum(np.take(table, idx), axis=1, dtype=np.int64, out=out)
 
-    `features` is (n, L*K) uint16 in the full layer layout (a memmap is fine:
-    it is read block by block). Returns int64 scores; divide by
-    `profile.denominator` for the similarity.
-    """
+
+def _check_shape(features: np.ndarray, profile: Profile) -> np.ndarray:
     features = np.asarray(features)  # a memmap becomes a plain view, no copy
     if features.ndim != 2 or features.shape[1] != profile.num_layers * profile.top_k:
         raise NagError(
             f"features have shape {features.shape}, expected (n, "
             f"{profile.num_layers * profile.top_k})"
         )
+    return features
+
+
+def _uint16_block(block: np.ndarray) -> np.ndarray:
+    if block.dtype != np.uint16 or not block.flags.c_contiguous:
+        return np.ascontiguousarray(block, dtype=np.uint16)
+    return block
+
+
+def score_features(features: np.ndarray, profile: Profile, *, kernel: str | None = None) -> np.ndarray:
+    """Integer scores of documents: sum of profile weights over their NAG.
+
+    `features` is (n, L*K) uint16 in the full layer layout (a memmap is fine:
+    it is read block by block). Returns int64 scores; divide by
+    `profile.denominator` for the similarity. `kernel` None picks one by size
+    (`choose_kernel`); both give the same integers.
+    """
+    features = _check_shape(features, profile)
     n = features.shape[0]
     out = np.empty(n, dtype=np.int64)
     if n == 0:
         return out
     cols, offs, table = kernel_tables(profile)
-    kernel = kernel or _kernel_name()
+    kernel = kernel or choose_kernel(n)
     if kernel == "numba" and HAVE_NUMBA:
+        k = numba_kernels()
         for start in range(0, n, BLOCK_ROWS):
-            block = features[start : start + BLOCK_ROWS]
-            if block.dtype != np.uint16 or not block.flags.c_contiguous:
-                block = np.ascontiguousarray(block, dtype=np.uint16)
+            block = _uint16_block(features[start : start + BLOCK_ROWS])
             if cols is None:
-                _numba_gather_sum_all(block, offs, table, table.dtype.type(0), out[start : start + BLOCK_ROWS])
+                k.gather_sum_all(block, offs, table, table.dtype.type(0), out[start : start + BLOCK_ROWS])
             else:
-                _numba_gather_sum_cols(block, cols, offs, table, table.dtype.type(0), out[start : start + BLOCK_ROWS])
+                k.gather_sum_cols(block, cols, offs, table, table.dtype.type(0), out[start : start + BLOCK_ROWS])
     else:
-        step = 4096
         offs64 = offs.astype(np.int64)
-        for start in range(0, n, step):
-            _numpy_gather_sum(features[start : start + step], cols, table, offs64, out[start : start + step])
+        for start in range(0, n, NUMPY_STEP_ROWS):
+            _numpy_gather_sum(features[start : start + NUMPY_STEP_ROWS], cols, table, offs64,
+                              out[start : start + NUMPY_STEP_ROWS])
+    return out
+
+
+def score_features_many(features: np.ndarray, profiles, *, kernel: str | None = None) -> np.ndarray:
+    """(len(profiles), n) int64 scores, each row equal to `score_features` of that
+    profile; profiles over the same layers share one read of every feature row."""
+    profiles = list(profiles)
+    if not profiles:
+        return np.zeros((0, len(features)), dtype=np.int64)
+    features = _check_shape(features, profiles[0])
+    n = features.shape[0]
+    kernel = kernel or choose_kernel(n * len(profiles))
+    plans = [kernel_tables(p) for p in profiles]
+    shared = all(
+        c is None and t.dtype == plans[0][2].dtype and p.num_layers == profiles[0].num_layers
+        and p.top_k == profiles[0].top_k and p.width == profiles[0].width
+        for p, (c, _, t) in zip(profiles, plans)
+    )
+    if len(profiles) == 1 or not shared:
+        return np.stack([score_features(features, p, kernel=kernel) for p in profiles])
+    offs = plans[0][1]
+    tables = np.ascontiguousarray(np.stack([t for _, _, t in plans]))
+    out = np.empty((len(profiles), n), dtype=np.int64)
+    if kernel == "numba" and HAVE_NUMBA:
+        k = numba_kernels()
+        for start in range(0, n, BLOCK_ROWS):
+            block = _uint16_block(features[start : start + BLOCK_ROWS])
+            k.gather_sum_many(block, offs, tables, tables.dtype.type(0), out[:, start : start + BLOCK_ROWS])
+    else:
+        offs64 = offs.astype(np.int64)
+        for start in range(0, n, NUMPY_STEP_ROWS):
+            idx = features[start : start + NUMPY_STEP_ROWS].astype(np.int64)
+            idx += offs64
+            for j in range(len(profiles)):
+                np.sum(np.take(tables[j], idx), axis=1, dtype=np.int64, out=out[j, start : start + NUMPY_STEP_ROWS])
     return out
 
 

@@ -191,6 +191,13 @@ class IndexSnapshot:
             return faiss.ArrayInvertedLists(self.spec.num_layers * self.spec.width(neuron_type), 0)
         return stack_postings([s.postings(neuron_type) for s in self._segments])
 
+    def posting_lists(self, neuron_type: str = DEFAULT_NEURON_TYPE):
+        """The same lists read with numpy (`postings.StackedPostingLists`): `sizes()`, `ids(list_no)`."""
+        from nagindex.store.postings import StackedPostingLists
+
+        nlist = self.spec.num_layers * self.spec.width(neuron_type)
+        return StackedPostingLists([s.posting_lists(neuron_type) for s in self._segments], nlist)
+
     def _lance(self):
         """The documents table at the manifest's version, for reading.
 

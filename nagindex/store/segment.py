@@ -158,14 +158,22 @@ class Segment:
             self.docids = pa.ipc.open_file(source).read_all().column(DOCID).combine_chunks()
             # opened now, not on first use, so that a snapshot never depends on
             # files a later compaction may remove
-            self.postings_by_type = {t: _postings.open_postings(self.dir, t) for t in spec.neuron_types}
+            self.posting_lists_by_type = {t: _postings.PostingLists.open(self.dir, t) for t in spec.neuron_types}
+            self._faiss_postings: dict = {}
         except (KeyError, ValueError, json.JSONDecodeError) as e:
             raise OSError(f"segment {self.dir} is damaged: {e}") from None
         if len(self.docids) != n:
             raise OSError(f"segment {self.dir} is damaged: {len(self.docids)} docids for {n} rows")
 
     def postings(self, neuron_type: str):
-        return self.postings_by_type[neuron_type]
+        """The lists as FAISS `InvertedLists` (imports faiss on first use)."""
+        if neuron_type not in self._faiss_postings:
+            self._faiss_postings[neuron_type] = _postings.open_postings(self.dir, neuron_type)
+        return self._faiss_postings[neuron_type]
+
+    def posting_lists(self, neuron_type: str) -> _postings.PostingLists:
+        """The lists read with numpy (what queries use)."""
+        return self.posting_lists_by_type[neuron_type]
 
 
 def gather_rows(segments, rows: np.ndarray, feature_length: int) -> np.ndarray:

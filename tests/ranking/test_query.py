@@ -20,6 +20,7 @@ from nagindex.ranking import query as Q
 from nagindex.ranking import scan as S
 from nagindex.errors import NagError
 from nagindex.schemas import FeatureSpec
+from nagindex.store.postings import PostingLists, StackedPostingLists, layer_postings
 
 from test_scoring import random_features
 
@@ -63,6 +64,12 @@ class MemoryIndex:
                 if len(ids):
                     inv.add_entries(l * W + j, len(ids), faiss.swig_ptr(ids), faiss.swig_ptr(np.zeros(len(ids), np.uint8)))
         return inv
+
+    def posting_lists(self, neuron_type="fwd_up"):
+        L, K, W = self.spec.num_layers, self.spec.top_k, self.spec.width(neuron_type)
+        sizes, ids = zip(*(layer_postings(self._features[:, l * K : (l + 1) * K], W, 0) for l in range(L)))
+        offsets = np.concatenate([[0], np.cumsum(np.concatenate(sizes))])
+        return StackedPostingLists([PostingLists(offsets, np.concatenate(ids))], L * W)
 
     def columns(self):
         return self._payload.column_names

@@ -157,3 +157,30 @@ def test_max_score_bounds_every_document():
     p = scoring.build_profile(target, num_layers=3, top_k=4, width=15)
     assert scoring.score_features(pool, p).max() <= p.max_score()
     assert math.isclose(p.max_score() / p.denominator, 1.0) or p.max_score() < p.denominator
+
+
+@pytest.mark.parametrize("kernel", ["numpy", "numba"])
+def test_many_profiles_in_one_pass_equal_each_alone(kernel):
+    rng = np.random.default_rng(3)
+    pool = random_features(rng, 2500, 4, 6, 100)
+    profiles = [
+        scoring.build_profile(random_features(rng, 20, 4, 6, 100), num_layers=4, top_k=6, width=100, power=p)
+        for p in (1.0, 1.0, 0.5)
+    ] + [scoring.build_profile(random_features(rng, 9, 4, 6, 100), num_layers=4, top_k=6, width=100, layers=[0, 2])]
+    # the first two share one table type (one fused pass); the others fall back per profile
+    for group in (profiles[:2], profiles):
+        got = scoring.score_features_many(pool, group, kernel=kernel)
+        for j, p in enumerate(group):
+            assert np.array_equal(got[j], scoring.score_features(pool, p, kernel="numpy"))
+
+
+def test_the_kernel_is_chosen_by_the_work(monkeypatch):
+    monkeypatch.delenv("NAGINDEX_KERNEL", raising=False)
+    monkeypatch.setattr(scoring, "_numba_kernels", None)
+    monkeypatch.setattr(scoring, "HAVE_NUMBA", True)
+    assert scoring.choose_kernel(1000) == "numpy"  # not worth loading numba for
+    assert scoring.choose_kernel(scoring.NUMBA_MIN_ROWS) == "numba"
+    monkeypatch.setenv("NAGINDEX_KERNEL", "numba")
+    assert scoring.choose_kernel(10) == "numba"
+    monkeypatch.setenv("NAGINDEX_KERNEL", "numpy")
+    assert scoring.choose_kernel(10**9) == "numpy"

@@ -1,0 +1,48 @@
+"""The gather-sum kernels compiled by numba (`scoring` imports this module only when it
+uses them: numba's import plus loading the cached machine code costs 0.5-1 s of a
+process's start-up, more than the numpy kernel spends on a small pool).
+
+One flat loop per row over (offset + neuron) lookups: with an int32 table and
+accumulator LLVM turns it into SIMD gathers (2x the int64 speed). `cache=True`
+keeps the machine code on disk, so only the first process ever compiles.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(nogil=True, parallel=True, cache=True)
+def gather_sum_all(features, offs, table, zero, out):  # pragma: no cover - compiled
+    n, m = features.shape
+    for i in numba.prange(n):
+        s = zero
+        for c in range(m):
+            s += table[offs[c] + np.int32(features[i, c])]
+        out[i] = s
+
+
+@numba.njit(nogil=True, parallel=True, cache=True)
+def gather_sum_cols(features, cols, offs, table, zero, out):  # pragma: no cover - compiled
+    n = features.shape[0]
+    m = cols.shape[0]
+    for i in numba.prange(n):
+        s = zero
+        for c in range(m):
+            s += table[offs[c] + np.int32(features[i, cols[c]])]
+        out[i] = s
+
+
+@numba.njit(nogil=True, parallel=True, cache=True)
+def gather_sum_many(features, offs, tables, zero, out):  # pragma: no cover - compiled
+    """Several profiles at once: `tables` (P, L*width), `out` (P, n). Each row is
+    read from memory once for all profiles, so P profiles cost far less than P scans."""
+    n, m = features.shape
+    p = tables.shape[0]
+    for i in numba.prange(n):
+        for j in range(p):
+            s = zero
+            for c in range(m):
+                s += tables[j, offs[c] + np.int32(features[i, c])]
+            out[j, i] = s
