@@ -13,7 +13,11 @@ Prints:
      fraction 0.2) vs an upstream-style pandas pipeline (read features and
      payload parquet, join on docid, score, sort, select, write parquet);
  (c) `--top 1000` through the inverted lists vs the scan;
- (d) peak RSS of the `nag query` process at each size of --rss-sizes.
+ (d) peak RSS of the `nag query` process at each size of --rss-sizes;
+ (e) `nag query --each` with six targets vs one target, end to end (CLI), and
+     each of the six selections checked against that target queried alone.
+
+--k sets K (e.g. --k 100 --parts a for the kernel at K=100).
 
 Usage:
     python benchmarks/bench_query.py --n 1000000 --rss-sizes 1000000,4000000
@@ -206,6 +210,7 @@ def build_index(work: Path, n: int, seed: int, zipf: float, tag: str) -> tuple[P
 
 
 def main(argv=None) -> int:
+    global K
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000, help="pool documents (default 1,000,000)")
     ap.add_argument("--targets", type=int, default=500, help="target documents (default 500)")
@@ -216,9 +221,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None, help="where pools and indexes go (default: a temp dir, removed)")
     ap.add_argument("--skip-upstream", action="store_true", help="skip the pandas pipeline of (b)")
-    ap.add_argument("--parts", default="abcd", help="which figures to measure, e.g. 'd' (default abcd)")
+    ap.add_argument("--parts", default="abcde", help="which figures to measure, e.g. 'd' (default abcde)")
+    ap.add_argument("--k", type=int, default=K, help=f"neurons per layer, K (default {K})")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes for CI")
     args = ap.parse_args(argv)
+    K = args.k
     if args.smoke:
         args.n, args.targets, args.kernel_rows = 20_000, 50, 20_000
         args.rss_sizes = args.rss_sizes or "20000"
@@ -236,9 +243,9 @@ def main(argv=None) -> int:
         # (a) kernel ---------------------------------------------------------
         if "a" in args.parts:
             kernel_figures(args, profile, weights)
-        if not set("bcd") & set(args.parts):
+        if not set("bcde") & set(args.parts):
             return 0
-        if "b" not in args.parts and "c" not in args.parts:
+        if not set("bce") & set(args.parts):
             rss_figures(args, work, rss_sizes, None, target_path)
             return 0
         # build the main index ------------------------------------------------
@@ -248,6 +255,8 @@ def main(argv=None) -> int:
             end_to_end_figures(args, work, idx, payload, features, target_path)
         if "c" in args.parts:
             inverted_figures(args, idx, target_path)
+        if "e" in args.parts:
+            each_figures(args, work, idx)
         if "d" in args.parts:
             rss_figures(args, work, rss_sizes, idx, target_path)
     finally:
@@ -322,6 +331,35 @@ def inverted_figures(args, idx, target_path) -> None:
           f"{t_scan / t_inv:.2f}x; identical: {same}; auto plan {t_auto:.2f} s")
     print(f"    inverted: {r_inv.explain()}")
     print(f"    auto:     {r_auto.explain()}")
+
+
+def each_figures(args, work, idx) -> None:
+    """Six targets in one `--each` query vs one target, both through the CLI."""
+    paths = []
+    for i in range(6):
+        path = work / f"each-{i}.parquet"
+        write_target(path, args.targets, args.seed + 2000 + i, args.zipf)
+        paths.append(path)
+    common = ["--fraction", "0.2", "--no-progress"]
+    one = nag_cmd("query", idx, "--target-features", paths[0], "--out", work / "each-one.parquet", *common)
+    six = nag_cmd("query", idx, *[a for p in paths for a in ("--target-features", p)], "--each",
+                  "--out", work / "each-six.parquet", *common)
+    subprocess.run(six, check=True, stdout=subprocess.DEVNULL)  # warm
+    t_one = min(peak_rss_mb(one)[1] for _ in range(2))
+    t_six = min(peak_rss_mb(six)[1] for _ in range(2))
+    from nagindex import Index
+    from nagindex.ranking.query import run_query
+
+    index = Index.open(idx)
+    table = pq.read_table(work / "each-six.parquet", columns=["docid", "target"])
+    names = table.column("target").to_pylist()
+    same = all(
+        [d for d, t in zip(table.column("docid").to_pylist(), names) if t == p.stem]
+        == run_query(index, target_features=[str(p)], fraction=0.2).table.column("docid").to_pylist()
+        for p in paths
+    )
+    print(f"(e) nag query --each, 6 targets: {t_six:.2f} s vs 1 target {t_one:.2f} s: {t_six / t_one:.2f}x "
+          f"(goal <= 2x); {table.num_rows} rows; each equals its target alone: {same}")
 
 
 def rss_figures(args, work, rss_sizes, idx, target_path) -> None:

@@ -32,6 +32,8 @@ def test_bench_query_smoke_agrees_with_the_reference():
     # (b): the same number of rows as the upstream-style pipeline
     m = re.search(r"selections: (\d+) vs (\d+) rows", out)
     assert m and m.group(1) == m.group(2)
+    # (e): each of six targets in one --each query selects what it selects alone
+    assert "each equals its target alone: True" in out
 
 
 @pytest.mark.timeout(600)

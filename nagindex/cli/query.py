@@ -108,6 +108,9 @@ def query(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     model: Optional[str] = typer.Option(
         None, "--model", "-m", help=MODEL_HELP),
+    each: bool = typer.Option(False, "--each", help="Select for each TARGET on its own (the whole --fraction or "
+                              "--top, not a share of it), all from one pass over the pool; the output holds every "
+                              "selection with a target column naming it. Default: several TARGETs make one mixture."),
 ) -> None:
     """Rank the pool of INDEX_DIR against TARGET documents and write the selection.
 
@@ -141,6 +144,7 @@ def query(
         fmt=fmt,
         batch_size=batch_size,
         progress=progress,
+        each=each,
     )
     _write(result.table, out)
     summary = dict(result.summary)

@@ -92,6 +92,7 @@ def run_query(
     fmt: str = "auto",
     batch_size: int = 32,
     progress: bool = False,
+    each: bool = False,
 ) -> QueryResult:
     """Select from the index's pool for each target (SPEC 3) and mix them (SPEC 4).
 
@@ -106,11 +107,16 @@ def run_query(
     Selection is by token budget (`fraction`, default 0.2) or the best `top`
     rows; with M targets each gets fraction/M (or top/M, remainders to the
     first targets).
+    `each`: every target selects on its own, its whole fraction (or top N),
+    all of them from one pass over the pool; the output holds every selection
+    with a `target` column, each equal to that target queried alone.
     `engine`: where the pool is scored, an object with the `candidates` step
     of `nagindex.engines.base.Engine`; None scores it here (`local_candidates`).
     """
     # every cheap check first, before any target is extracted
     fraction, top = _check_shares(fraction, top)
+    if each and dedupe:
+        raise NagError("--dedupe mixes targets; with --each every target keeps its own selection")
     index.spec.width(neuron_type)
     kept_layers = scoring.resolve_layers(layers, index.spec.num_layers)
     if contrast not in scoring.CONTRASTS:
@@ -125,7 +131,7 @@ def run_query(
                           target_filter_col=target_filter_col, fmt=fmt, batch_size=batch_size, progress=progress)
     live = live_rows(index)
     profiles = target_profiles(index, loaded, neuron_type, live, power=power, layers=kept_layers, contrast=contrast)
-    request = candidate_request(index, loaded, live, fraction=fraction, top=top, plan=plan,
+    request = candidate_request(index, loaded, live, fraction=fraction, top=top, plan=plan, each=each,
                                 quality=quality_col is not None, progress=progress)
     candidate_step = local_candidates if engine is None else engine.candidates
     found = candidate_step(index, profiles, neuron_type, request)
@@ -136,6 +142,7 @@ def run_query(
         for i in range(len(loaded))
     ]
     table = mixture_table(index, picks, [t.name for t in loaded], request.tokens, dedupe=dedupe, with_text=with_text,
+                          name_targets=each or len(picks) > 1,
                           quality=quality_col is not None)
     plans = [f.plan for f in found]
     missing_quality = picks[-1].missing_quality if picks else 0
@@ -215,9 +222,18 @@ def target_profiles(index, targets: Sequence[Target], neuron_type: str, live: np
 
 
 def candidate_request(index, targets: Sequence[Target], live: np.ndarray, *, fraction: float | None,
-                      top: int | None, plan: str, quality: bool, progress: bool) -> CandidateRequest:
-    """What each of M targets selects: top/M rows (remainders to the first) or fraction/M of the tokens."""
+                      top: int | None, plan: str, quality: bool, progress: bool, each: bool = False) -> CandidateRequest:
+    """What each of M targets selects: top/M rows (remainders to the first) or fraction/M of the tokens;
+    with `each`, every target its own top N or fraction."""
     m = len(targets)
+    if each:
+        tops = [top] * m
+        fractions = [None if top is not None else fraction] * m
+        tokens = np.asarray(index.token_num(), dtype=np.int64)
+        live_tokens = int(tokens[live].sum())
+        budgets = [None if top is not None else selection.token_budget(live_tokens, fraction)] * m
+        return CandidateRequest(names=[t.name for t in targets], live=live, tokens=tokens, tops=tops,
+                                fractions=fractions, budgets=budgets, plan=plan, quality=quality, progress=progress)
     tokens = np.asarray(index.token_num(), dtype=np.int64)
     live_tokens = int(tokens[live].sum())
     tops = _split_top(top, m) if top is not None else [None] * m
@@ -264,14 +280,16 @@ def select_one(index, candidates, profile: scoring.Profile, request: CandidateRe
 
 
 def mixture_table(index, picks: Sequence[Pick], names: Sequence[str], tokens: np.ndarray, *, dedupe: bool,
-                  with_text: bool, quality: bool) -> pa.Table:
+                  with_text: bool, quality: bool, name_targets: bool | None = None) -> pa.Table:
     """The selections of every target, concatenated (SPEC 4 mixture) as the output table."""
     keep = selection.mixture_positions([p.rows for p in picks], index.docids(), dedupe=dedupe)
     rows = np.concatenate([p.rows for p in picks])[keep] if picks else np.zeros(0, np.int64)
     distance = np.concatenate([p.distance for p in picks])[keep] if picks else np.zeros(0)
     combined = np.concatenate([p.combined for p in picks])[keep] if quality and picks else None
     which = np.concatenate([np.full(len(p.rows), i, dtype=np.int64) for i, p in enumerate(picks)])[keep] if picks else []
-    target_names = [names[w] for w in which] if len(picks) > 1 else None
+    if name_targets is None:
+        name_targets = len(picks) > 1
+    target_names = [names[w] for w in which] if name_targets else None
     return _output_table(index, rows, distance, combined, target_names, tokens, with_text)
 
 

@@ -518,3 +518,60 @@ def test_planner_skips_hopeless_inverted_tries():
     # a target spread like the pool: the bound cannot drop within 5% of the postings
     hopeless, why = INV.inverted_looks_hopeless(index, spread, "fwd_up", live, share=5 / 3000, max_postings_share=0.05)
     assert hopeless and "bound" in why
+
+
+# ---------------------------------------------------------------------------
+# --each: several targets, each its own selection, one pass over the pool
+# ---------------------------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(query_cases(), st.integers(2, 4), st.sampled_from(["scan", "inverted", "auto"]), st.booleans())
+def test_each_target_selects_as_if_queried_alone(case, m, plan, quality):
+    L, K, W, n, seed, n_target, power, layers, top, fraction, replaced = case
+    index, rng = _case_index(L, K, W, n, seed, replaced)
+    targets = [random_features(rng, n_target, L, K, W) for _ in range(m)]
+    kw = dict(fraction=fraction, top=top, power=power, layers=layers, plan=plan,
+              quality_col="quality" if quality else None)
+    both = Q.run_query(index, targets, each=True, **kw).table
+    names = both.column("target").to_pylist()
+    assert names == sorted(names, key=[f"target{i}" for i in range(m)].index)  # in target order
+    for i, target in enumerate(targets):
+        alone = Q.run_query(index, [target], **kw).table
+        mine = both.filter(pa.array([t == f"target{i}" for t in names]))
+        for col in ("docid", "nag_distance", "token_num") + (("combined_score",) if quality else ()):
+            assert mine.column(col).to_pylist() == alone.column(col).to_pylist(), (i, col)
+
+
+def test_each_refuses_dedupe():
+    index, rng = _case_index(2, 2, 6, 30, 1, 0.0)
+    with pytest.raises(NagError, match="each"):
+        Q.run_query(index, [random_features(rng, 3, 2, 2, 6)] * 2, each=True, dedupe=True)
+
+
+def test_cli_each_names_every_selection_after_its_file(store_index, tmp_path):
+    from nagindex.cli import app
+    from nagindex import Index
+
+    path, feats, payload, rng = store_index
+    spec = Index.open(path).spec
+    targets = {name: random_features(rng, 4, 3, 4, 20) for name in ("arc", "gsm8k", "medqa")}
+    files = []
+    for name, t in targets.items():
+        _features_file(tmp_path / f"{name}.parquet", t, spec)
+        files += ["--target-features", str(tmp_path / f"{name}.parquet")]
+    out = tmp_path / "each.parquet"
+    r = CliRunner().invoke(app, ["query", str(path), *files, "--out", str(out), "--top", "7", "--each", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    table = pq.read_table(out)
+    mem = MemoryIndex(spec, feats, payload)
+    for name, t in targets.items():
+        mine = table.filter(pa.array([x == name for x in table.column("target").to_pylist()]))
+        assert mine.column("docid").to_pylist() == Q.run_query(mem, [t], top=7).table.column("docid").to_pylist()
+
+
+def test_each_scans_the_pool_once(monkeypatch):
+    index, rng = _case_index(3, 2, 8, 60, 2, 0.0)
+    calls = []
+    real = P.scan_scores
+    monkeypatch.setattr(P, "scan_scores", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    Q.run_query(index, [random_features(rng, 3, 3, 2, 8) for _ in range(6)], each=True, plan="scan")
+    assert calls == [6]  # one pass, six profiles
