@@ -19,6 +19,7 @@ import pyarrow as pa
 from nagindex.engines import get_engine
 from nagindex.engines.base import ModelRef
 from nagindex.errors import NagError
+from nagindex.progress import silence_library_bars
 from nagindex.sources import expand_sources, is_table_like
 from nagindex.schemas import DEFAULT_MAX_LENGTH, DEFAULT_NEURON_TYPE, DEFAULT_TOP_K, FeatureSpec
 from nagindex.store import ingest, writer
@@ -26,6 +27,9 @@ from nagindex.store.index import IndexSnapshot, backbone_source
 from nagindex.store.writer import AppendResult
 
 __all__ = ["Index", "AppendResult"]
+
+# Fewest documents read per batch from the pools: progress moves at least this often.
+PROGRESS_ROWS = 512
 
 
 class Index(IndexSnapshot):
@@ -53,6 +57,8 @@ class Index(IndexSnapshot):
         batch_size: int = 32,
         progress: bool = True,
         engine: Any = "local",
+        device: str | None = None,
+        dtype: str | None = None,
     ) -> "Index":
         """Index the documents of `pools`: files, directories, globs, or tables in memory
         (pyarrow Table/Dataset, pandas or polars DataFrame, `datasets.Dataset`), in any mix.
@@ -70,6 +76,8 @@ class Index(IndexSnapshot):
         """
         from nagindex.extraction.backbones import Backbone
 
+        if not progress:
+            silence_library_bars()
         path = Path(path)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise NagError(f"{path} already exists and is not empty; use `nag index append` to add documents")
@@ -85,7 +93,7 @@ class Index(IndexSnapshot):
             backbone = None
             spec = runner.feature_spec(model, neuron_types=neuron_types, top_k=top_k, max_length=max_length)
         else:
-            backbone = _resolve_backbone(model)
+            backbone = _resolve_backbone(model, device, dtype)
             from nagindex.extraction.features import feature_spec
 
             spec = feature_spec(backbone, neuron_types, top_k, max_length)
@@ -120,6 +128,8 @@ class Index(IndexSnapshot):
         fmt: str = "auto",
         batch_size: int = 32,
         engine: Any = "local",
+        device: str | None = None,
+        dtype: str | None = None,
         _model: Any = None,
     ) -> AppendResult:
         """Add documents: from pools (files, directories, globs or tables in memory, as for
@@ -128,9 +138,13 @@ class Index(IndexSnapshot):
 
         Docids already in the index are skipped and counted, or with
         `replace=True` the old rows are replaced. All or nothing: a crash
-        leaves the index as it was before the call.
+        leaves the index as it was before the call. `device` and `dtype` place
+        the backbone when this call loads it (default: the GPU in bf16 where
+        there is one, else the CPU in fp32).
         """
         spec = self.spec
+        if not progress:
+            silence_library_bars()
         if (pools is None) == (documents is None):
             raise NagError("give either pool files or a documents table to append")
         if documents is not None:
@@ -139,7 +153,10 @@ class Index(IndexSnapshot):
         else:
             pools = expand_sources(pools)
             total = ingest.count_rows(pools)
-            docs = ingest.document_batches(pools, fmt, self.batch_rows, require_text=not features)
+            # read (and extract) in small batches so that progress moves per batch; `regroup`
+            # below hands the store large ones again
+            read_rows = min(self.batch_rows, max(16 * batch_size, PROGRESS_ROWS))
+            docs = ingest.document_batches(pools, fmt, read_rows, require_text=not features)
             if features:
                 features = _as_list(features)
                 _check_feature_files(spec, features)
@@ -147,10 +164,14 @@ class Index(IndexSnapshot):
             else:
                 source = _model if _model is not None else (
                     self._backbone or (self._model if self._model is not None else backbone_source(spec)))
-                load = (lambda: _model) if _model is not None else self.backbone
+                load = (lambda: _model) if _model is not None else (
+                    lambda: self.backbone(device=device, dtype=dtype))
                 batches = get_engine(engine).extract_batches(docs, model=ModelRef(source, load), spec=spec,
                                                              batch_size=batch_size)
             tokens = self._token_counter(_model)
+            with writer.progress_bar(total, progress, "indexing") as bar:
+                return writer.append_batches(self, ingest.regroup(batches, self.batch_rows, bar.update),
+                                             replace=replace, count_tokens=tokens, progress=False)
         return writer.append_batches(self, batches, replace=replace, count_tokens=tokens, progress=progress,
                                      total=total)
 
@@ -190,6 +211,8 @@ class Index(IndexSnapshot):
         """`query` with its summary and plan: a `ranking.query.QueryResult`."""
         from nagindex.ranking.query import run_query
 
+        if not options.get("progress", False):
+            silence_library_bars()
         return run_query(self, targets, engine=get_engine(engine), **options)
 
     def _token_counter(self, model: Any) -> Callable[[list[str]], np.ndarray]:
@@ -219,12 +242,12 @@ def _as_list(paths) -> list:
     return list(paths)
 
 
-def _resolve_backbone(model: Any):
+def _resolve_backbone(model: Any, device: str | None = None, dtype: str | None = None):
     from nagindex.extraction.backbones import Backbone, load_backbone
 
     if isinstance(model, Backbone):
         return model
-    return load_backbone(model)
+    return load_backbone(model, device=device, dtype=dtype)
 
 
 def _imported_spec(features: list, model: Any, neuron_types, top_k: int, max_length: int,

@@ -4,7 +4,8 @@ import typer
 
 # rich_markup_mode=None keeps errors to a single "Error: ..." line (a rich
 # panel would spread one message over five lines).
-_SETTINGS = dict(no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False)
+_SETTINGS = dict(no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
+                 context_settings={"help_option_names": ["-h", "--help"]})
 
 app = typer.Typer(
     help=(

@@ -56,6 +56,7 @@ def extract(
     ),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32, bf16 or fp16. Default: bf16 on CUDA, fp32 on CPU."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (docs/s, ETA)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object instead of text."),
 ) -> None:
     """Extract NAG features (SPEC section 1) of every document in INPUT files.
 
@@ -83,6 +84,11 @@ def extract(
         dtype=dtype,
     )
     spec = summary["spec"]
+    if as_json:
+        import json
+
+        typer.echo(json.dumps({**summary, "spec": spec.to_dict(), "out": str(out)}, default=str))
+        return
     if summary.get("already_done"):
         typer.echo(f"{out} is already complete for these inputs and settings; nothing to do")
         return

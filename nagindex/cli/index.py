@@ -27,6 +27,11 @@ _ENGINE_HELP = (
 )
 
 
+_DEVICE_HELP = "Device of the backbone when it is loaded: cpu, cuda, cuda:1 ... Default: the GPU if any, else cpu."
+_DTYPE_HELP = "fp32, bf16 or fp16 for the backbone when it is loaded. Default: bf16 on CUDA, fp32 on CPU."
+_JSON_HELP = "Print the summary as one JSON object instead of text."
+
+
 def _human_bytes(n: int) -> str:
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -70,6 +75,9 @@ def build(
     fmt: str = typer.Option("auto", "--format", "-f", help=_FORMAT_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     engine: str = typer.Option("local", "--engine", help=_ENGINE_HELP),
+    device: Optional[str] = typer.Option(None, "--device", help=_DEVICE_HELP),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help=_DTYPE_HELP),
+    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
 ) -> None:
     """Index POOL files into a new INDEX_DIR.
 
@@ -78,19 +86,23 @@ def build(
     LanceDB table with FAISS inverted lists beside it. The index appears only
     when complete.
 
-    Example: nag index build idx pool.parquet
-
-    From upstream NAG features, without the model:
-    nag index build idx pool.parquet --features feats.jsonl --num-layers 28 --top-k 20 --width 6144
+    \b
+    Examples:
+      nag index build idx 'pool/*.parquet' --model Qwen/Qwen3-1.7B-Base
+      # from upstream NAG features, without the model:
+      nag index build idx pool.parquet --features feats.jsonl --num-layers 28 --top-k 20 --width 6144
     """
     from nagindex.api import Index
 
     index = Index.build(
         index_dir, pools, model=model, features=features or None, fmt=fmt, top_k=top_k,
         neuron_types=neuron_types, max_length=max_length, num_layers=num_layers, width=width,
-        batch_size=batch_size, progress=progress, engine=engine,
+        batch_size=batch_size, progress=progress, engine=engine, device=device, dtype=dtype,
     )
     info = index.info()
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
     typer.echo(f"indexed {info['documents']} documents ({info['tokens']} tokens) into {index_dir}")
 
 
@@ -109,6 +121,9 @@ def append(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     engine: str = typer.Option("local", "--engine", help=_ENGINE_HELP),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    device: Optional[str] = typer.Option(None, "--device", help=_DEVICE_HELP),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help=_DTYPE_HELP),
+    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
 ) -> None:
     """Add the documents of POOL files to INDEX_DIR.
 
@@ -120,7 +135,13 @@ def append(
 
     index = Index.open(index_dir, model=model)
     result = index.append(pools, features=features or None, replace=replace, fmt=fmt, batch_size=batch_size,
-                          progress=progress, engine=engine)
+                          progress=progress, engine=engine, device=device, dtype=dtype)
+    if as_json:
+        typer.echo(json.dumps({"added": result.added, "skipped": result.skipped, "replaced": result.replaced,
+                               "documents": index.num_documents, "index": str(index_dir),
+                               "lance_version": index.manifest.lance_version,
+                               "generation": index.manifest.generation}))
+        return
     typer.echo(
         f"added {result.added}, skipped {result.skipped} already indexed, replaced {result.replaced}; "
         f"{index.num_documents} documents in {index_dir}"

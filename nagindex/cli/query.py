@@ -111,13 +111,12 @@ def query(
     each: bool = typer.Option(False, "--each", help="Select for each TARGET on its own (the whole --fraction or "
                               "--top, not a share of it), all from one pass over the pool; the output holds every "
                               "selection with a target column naming it. Default: several TARGETs make one mixture."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object instead of text."),
 ) -> None:
     """Rank the pool of INDEX_DIR against TARGET documents and write the selection.
 
     One TARGET selects by token budget (--fraction) or best N (--top); several
     make the multi-target mixture. Prints a one-screen summary.
-
-    Example: nag query idx target.parquet --fraction 0.1 --out selected.parquet
     """
     from nagindex.api import Index
 
@@ -148,6 +147,13 @@ def query(
     )
     _write(result.table, out)
     summary = dict(result.summary)
+    if as_json:
+        import json
+
+        summary.update(out=str(out), plans=[{"target": p.target, "path": p.path, "why": p.describe()}
+                                            for p in result.plans])
+        typer.echo(json.dumps(summary, default=str))
+        return
     if not explain_plan:
         summary["plans"] = [p.target + ": " + p.path for p in result.plans]
     typer.echo(format_summary(summary, out))

@@ -97,6 +97,10 @@ def extract_files(
     import pyarrow.parquet as pq
 
     from nagindex import io as nio
+    from nagindex.progress import silence_library_bars
+
+    if not progress:
+        silence_library_bars()
 
     t0 = time.perf_counter()
     out = Path(out)

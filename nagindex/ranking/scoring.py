@@ -75,9 +75,23 @@ class Profile:
 
 
 # -- layers ------------------------------------------------------------------
+def _layer_range(part: str) -> list[int]:
+    """``"3"`` -> [3]; ``"0-7"`` or ``"0..7"`` -> [0, ..., 7]."""
+    text = part.strip()
+    for sep in ("..", "-"):
+        low, found, high = text.partition(sep)
+        if found and low.strip() and high.strip():
+            a, b = int(low), int(high)
+            if b < a:
+                raise ValueError(text)
+            return list(range(a, b + 1))
+    return [int(text)]
+
+
 def resolve_layers(layers, num_layers: int) -> tuple[int, ...]:
-    """Turn ``"all" | "first" | "last" | "0,5,9" | [0, 5, 9]`` into sorted
-    unique layer indices; an unknown layer is a `NagError`."""
+    """Turn ``"all" | "first" | "last" | "0,5,9" | "0-7" | "0..7,12" | [0, 5, 9]``
+    into sorted unique layer indices (ranges include both ends); an unknown
+    layer is a `NagError`."""
     if layers is None:
         layers = "all"
     if isinstance(layers, str):
@@ -89,10 +103,10 @@ def resolve_layers(layers, num_layers: int) -> tuple[int, ...]:
         if text == "last":
             return (num_layers - 1,)
         try:
-            items = [int(x) for x in text.split(",") if x.strip()]
+            items = [i for part in text.split(",") if part.strip() for i in _layer_range(part)]
         except ValueError:
             raise NagError(
-                f"unknown layer selection {layers!r}; use all, first, last or a list like 0,5,9"
+                f"unknown layer selection {layers!r}; use all, first, last, a list like 0,5,9 or a range like 0-7"
             ) from None
     else:
         try:

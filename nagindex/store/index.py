@@ -261,9 +261,10 @@ class IndexSnapshot:
             raise NagError(f"index {self.path} is damaged: asked for {len(unique)} rows, Lance returned {got.num_rows}")
         return got.take(pa.array(inverse))
 
-    def backbone(self):
+    def backbone(self, *, device=None, dtype=None):
         """The backbone that made the features (loaded on first use, from `model`
-        given to `open` or else the recorded location), checked against the index."""
+        given to `open` or else the recorded location, on `device` in `dtype`),
+        checked against the index."""
         if self._backbone is None:
             from nagindex.extraction.backbones import Backbone, load_backbone
             from nagindex.extraction.features import feature_spec
@@ -271,7 +272,7 @@ class IndexSnapshot:
             spec = self.spec
             source = self._model if self._model is not None else backbone_source(spec)
             try:
-                backbone = source if isinstance(source, Backbone) else load_backbone(source)
+                backbone = source if isinstance(source, Backbone) else load_backbone(source, device=device, dtype=dtype)
             except NagError as exc:
                 if self._model is not None:
                     raise

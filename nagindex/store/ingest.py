@@ -265,3 +265,34 @@ def extracted_batches(docs: Iterable[pa.Table], backbone_getter: Callable, spec:
             max_length=spec.max_length, batch_size=batch_size, progress=False,
         )
         yield table, check_features(feats, spec, table.num_rows, "extracted features")
+
+
+def regroup(batches: Iterable[tuple[pa.Table, Features]], rows: int,
+            on_batch: Callable[[int], None] | None = None) -> Iterator[tuple[pa.Table, Features]]:
+    """Small (documents, features) batches gathered into batches of about `rows` rows.
+
+    Reading and extracting in small batches lets progress move per batch
+    (`on_batch` is told each one's size), while the store still writes few,
+    large fragments.
+    """
+    docs: list[pa.Table] = []
+    feats: list[Features] = []
+    held = 0
+    for table, features in batches:
+        if on_batch is not None:
+            on_batch(table.num_rows)
+        docs.append(table)
+        feats.append(features)
+        held += table.num_rows
+        if held >= rows:
+            yield _joined(docs, feats)
+            docs, feats, held = [], [], 0
+    if docs:
+        yield _joined(docs, feats)
+
+
+def _joined(docs: list[pa.Table], feats: list[Features]) -> tuple[pa.Table, Features]:
+    if len(docs) == 1:
+        return docs[0], feats[0]
+    table = pa.concat_tables(docs, promote_options="permissive")
+    return table, {t: np.concatenate([f[t] for f in feats]) for t in feats[0]}
