@@ -39,6 +39,19 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _follow_umask(folder: Path) -> None:
+    """Give what libraries wrote inside `folder` the umask's modes: some (safetensors)
+    create their files 0600 whatever the umask says."""
+    mask = _umask()
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            full = os.path.join(root, name)
+            if not os.path.islink(full):
+                os.chmod(full, (0o777 if os.access(full, os.X_OK) else 0o666) & ~mask)
+
+
 def is_temporary(name: str) -> bool:
     """True for the name of a temporary that `atomic_path` made (what a crash can leave)."""
     return name.startswith(".") and (name.endswith(".tmp") or ".tmp-" in name)
@@ -60,6 +73,8 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False, durable: bo
         os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
+        if directory:
+            _follow_umask(tmp)
         if durable and not directory:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())

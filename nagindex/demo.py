@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from nagindex.errors import NagError
+from nagindex.errors import NagError, require_extra
 from nagindex.schemas import DATASET, DOCID, TEXT
 
 DEMO_POOL = "demo_pool.parquet"
@@ -61,7 +62,7 @@ class DemoResult:
     index_reused: bool
     rows: list[DomainRow]
     selected_files: dict[str, Path]
-    plot: Path
+    plot: Path | None  # None where matplotlib (the plots extra) is not installed
     summary: Path
     selected_counts: dict[str, int] = field(default_factory=dict)
     pool_docs: int = 0
@@ -201,7 +202,13 @@ def run_demo(
     domains = np.asarray(labels.astype(str))
     rows = domain_table(domains, distances, selected_domains)
     plot = out / "distance_by_domain.png"
-    _plot(domains, distances, [r.domain for r in rows], plot)
+    try:
+        require_extra("matplotlib", "plots", "the demo's picture")
+    except NagError as missing:  # the demo's numbers do not need it
+        warnings.warn(f"{missing}; distance_by_domain.png is not written", stacklevel=2)
+        plot = None
+    else:
+        _plot(domains, distances, [r.domain for r in rows], plot)
     summary = out / "summary.md"
     tmp = summary.with_name(summary.name + ".tmp")
     tmp.write_text("# nag demo\n\n" + format_table(rows, list(DEMO_TARGETS), selected_counts, fraction) + "\n")

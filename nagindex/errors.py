@@ -22,3 +22,13 @@ class NagError(_ClickException):
 
     def __str__(self) -> str:
         return self.message
+
+
+def require_extra(module: str, extra: str, feature: str):
+    """Import an optional dependency, or a NagError saying which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise NagError(f"{feature} needs {module.split('.')[0]}: pip install 'nagindex[{extra}]'") from None

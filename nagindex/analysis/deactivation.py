@@ -117,8 +117,15 @@ def _as_features(target_features: np.ndarray, num_layers: int, top_k: int) -> np
     return feats
 
 
+def keys_meta_path(path: str | os.PathLike) -> Path:
+    """The sidecar that holds a keys file's metadata: ``keys.json`` -> ``keys.meta.json``."""
+    path = Path(path)
+    return path.with_name((path.name[: -len(".json")] if path.name.endswith(".json") else path.name) + ".meta.json")
+
+
 def save_keys(path: str | os.PathLike, keys: Mapping[int, Sequence[int]], **meta: Any) -> Path:
-    """Write keys as JSON ``{"<layer>": [neuron, ...], ..., "_meta": {...}}``, atomically.
+    """Write keys as upstream reads them, JSON ``{"<layer>": [neuron, ...]}``, atomically,
+    and nagindex's metadata beside it in ``<name>.meta.json`` (`keys_meta_path`).
 
     `meta` (backbone, num_layers, width, neuron_type, per_layer) overrides
     what a `DeactivationKeys` already carries.
@@ -127,14 +134,15 @@ def save_keys(path: str | os.PathLike, keys: Mapping[int, Sequence[int]], **meta
     info.update({k: v for k, v in meta.items() if v is not None})
     # One line per layer: a keys file stays readable (and diffable) for 30+ layers.
     lines = [f"{json.dumps(str(int(l)))}: {json.dumps([int(n) for n in ns])}" for l, ns in sorted(keys.items())]
-    lines.append(f"{json.dumps(KEYS_META)}: {json.dumps(info, sort_keys=True)}")
     path = Path(path)
+    atomic_write_text(keys_meta_path(path), json.dumps(info, sort_keys=True, indent=1) + "\n")
     atomic_write_text(path, "{\n " + ",\n ".join(lines) + "\n}\n")
     return path
 
 
 def load_keys(path: str | os.PathLike) -> DeactivationKeys:
-    """Read keys written by `save_keys` (or upstream's plain ``{layer: [neuron, ...]}``)."""
+    """Read keys written by `save_keys` (metadata from the sidecar, or from a ``_meta``
+    entry of older files) or upstream's plain ``{layer: [neuron, ...]}``."""
     path = Path(path)
     try:
         doc = json.loads(path.read_text())
@@ -145,6 +153,12 @@ def load_keys(path: str | os.PathLike) -> DeactivationKeys:
     if not isinstance(doc, dict):
         raise NagError(f"keys file {path} is not a JSON object {{layer: [neuron, ...]}}")
     meta = doc.pop(KEYS_META, {}) or {}
+    sidecar = keys_meta_path(path)
+    if not meta and sidecar.is_file():
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (OSError, ValueError) as exc:
+            raise NagError(f"cannot read keys metadata {sidecar}: {exc}") from None
     try:
         keys = {int(l): [int(n) for n in ns] for l, ns in doc.items()}
     except (TypeError, ValueError):

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from nagindex.errors import NagError
+from nagindex.errors import NagError, require_extra
 from nagindex.analysis.views import PoolView
 
 
 def bag_of_neurons(features: np.ndarray, num_layers: int, top_k: int, width: int):
     """Sparse binary matrix (n, L*width): 1 where the document has (layer, neuron) in its NAG."""
-    from scipy import sparse
+    sparse = require_extra("scipy.sparse", "plots", "a feature map")
 
     feats = np.asarray(features, dtype=np.int64)
     n = len(feats)

@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 
 from nagindex.atomic import atomic_path
-from nagindex.errors import NagError
+from nagindex.errors import NagError, require_extra
 
 DEFAULT_SIZE = (1200, 800)  # pixels
 DPI = 100
 
 
 def _figure(size: tuple[int, int]):
-    import matplotlib
+    matplotlib = require_extra("matplotlib", "plots", "drawing pictures")
 
     matplotlib.use("Agg", force=True)
     from matplotlib.figure import Figure

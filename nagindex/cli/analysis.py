@@ -86,7 +86,8 @@ def _height_opt():
 def deactivate_keys_cmd(
     index_dir: Path = typer.Argument(..., help="A NAG index (its backbone, L and K define the keys)."),
     targets: Optional[List[Path]] = typer.Argument(None, help=_TARGETS_HELP),
-    out: Path = typer.Option(..., "--out", "-o", help="Keys file to write: JSON {layer: [neuron, ...], _meta: {...}}."),
+    out: Path = typer.Option(..., "--out", "-o", help="Keys file to write: JSON {layer: [neuron, ...]} as upstream reads it; nagindex's metadata "
+                     "(backbone, L, width) goes beside it in NAME.meta.json."),
     per_layer: int = typer.Option(
         20, "--per-layer", "-k", help="Neurons per layer: the most frequent target neurons (ties: lower index). Default: 20."
     ),

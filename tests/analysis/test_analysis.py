@@ -64,7 +64,9 @@ def test_save_load_roundtrip_and_upstream_format(tmp_path):
     keys = DeactivationKeys({0: [5, 1], 2: [7]}, backbone="tiny", num_layers=3, width=64, per_layer=2)
     path = save_keys(tmp_path / "k.json", keys)
     doc = json.loads(path.read_text())
-    assert doc["0"] == [5, 1] and doc["2"] == [7] and doc["_meta"]["width"] == 64
+    # exactly upstream's {layer: [neurons]}: every key a layer, so upstream's loader reads it
+    assert {int(layer): neurons for layer, neurons in doc.items()} == {0: [5, 1], 2: [7]}
+    assert json.loads((tmp_path / "k.meta.json").read_text())["width"] == 64
     back = load_keys(path)
     assert back == {0: [5, 1], 2: [7]}
     assert (back.backbone, back.num_layers, back.width) == ("tiny", 3, 64)
