@@ -1,4 +1,4 @@
-"""`nag index build|append|info|compact`: thin wrappers over `nagindex.Index`."""
+"""`nag index build|append|info|compact|check`: thin wrappers over `nagindex.Index`."""
 
 from __future__ import annotations
 
@@ -199,3 +199,30 @@ def compact(
         f"compacted {index_dir}: {before['segments']} -> {after['segments']} segments, "
         f"{_human_bytes(before['size_bytes'])} -> {_human_bytes(after['size_bytes'])}"
     )
+
+
+@index_app.command("check")
+def check(
+    index_dir: Path = typer.Argument(..., help="An index made by `nag index build`."),
+) -> None:
+    """Read every file of INDEX_DIR and compare it with the manifest.
+
+    Verifies the recorded size and hash of every segment and deleted-row file,
+    token counts >= 0, every neuron id inside its layer width, every inverted
+    list inside its segment's rows, and the Lance table at the committed
+    version (row count, row order, docids). Exits 1 and lists the problems
+    when the index is damaged. Opening an index checks only sizes.
+    """
+    from nagindex.api import Index
+
+    report = Index.open(index_dir).check()
+    if report.ok:
+        typer.echo(
+            f"{index_dir}: ok ({report.files_hashed} files, {_human_bytes(report.bytes_hashed)} hashed; "
+            f"{report.rows_checked} rows checked)"
+        )
+        return
+    for problem in report.problems:
+        typer.echo(f"damaged: {problem}", err=True)
+    typer.echo(f"{index_dir}: {len(report.problems)} problem(s); restore the index from a copy or rebuild it", err=True)
+    raise typer.Exit(1)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from nagindex.errors import NagError
 from nagindex.ranking import scoring
 from nagindex.ranking.scan import read_rows
 
@@ -121,6 +122,11 @@ def inverted_candidates(
                 # a row listed twice (a NAG naming one neuron twice in a layer)
                 # or unsorted lists: the bound assumes neither, so scan instead
                 return None
+            if len(ids) and (ids[0] < 0 or ids[-1] >= index.num_rows):
+                raise NagError(
+                    f"index {index.path} is damaged: an inverted list of {neuron_type} names row {int(ids[-1] if ids[0] >= 0 else ids[0])} "
+                    f"outside 0..{index.num_rows - 1} (run `nag index check {index.path}`)"
+                )
             acc[ids] += w[t]
             read += len(ids)
             read_in_layer[pos[t]] += 1

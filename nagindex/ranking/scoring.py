@@ -308,9 +308,28 @@ def _check_shape(features: np.ndarray, profile: Profile) -> np.ndarray:
     return features
 
 
-def _uint16_block(block: np.ndarray) -> np.ndarray:
+def check_neuron_ids(block: np.ndarray, width: int, source: str = "features") -> None:
+    """NagError unless every neuron id of `block` is inside the layer width: a
+    damaged file must never make the kernel read outside its weight table."""
+    if block.size and (not np.issubdtype(block.dtype, np.unsignedinteger) or int(block.max()) >= width):
+        bad = int(block.max()) if np.issubdtype(block.dtype, np.unsignedinteger) else int(block.min())
+        raise NagError(
+            f"{source} holds neuron id {bad}, outside the layer width 0..{width - 1}: the file is damaged "
+            "(run `nag index check` on the index, then restore or rebuild it)"
+        )
+
+
+def _source(features) -> str:
+    """The file a memory-mapped feature matrix comes from, for error messages."""
+    return getattr(features, "filename", None) or "features"
+
+
+def _uint16_block(block: np.ndarray, width: int, source: str) -> np.ndarray:
+    """A block the compiled kernels can take: uint16, C-contiguous, every id checked
+    (they index their weight table without bounds checks)."""
     if block.dtype != np.uint16 or not block.flags.c_contiguous:
-        return np.ascontiguousarray(block, dtype=np.uint16)
+        block = np.ascontiguousarray(block, dtype=np.uint16)
+    check_neuron_ids(block, width, source)
     return block
 
 
@@ -322,6 +341,7 @@ def score_features(features: np.ndarray, profile: Profile, *, kernel: str | None
     `profile.denominator` for the similarity. `kernel` None picks one by size
     (`choose_kernel`); both give the same integers.
     """
+    source = _source(features)
     features = _check_shape(features, profile)
     n = features.shape[0]
     out = np.empty(n, dtype=np.int64)
@@ -332,7 +352,7 @@ def score_features(features: np.ndarray, profile: Profile, *, kernel: str | None
     if kernel == "numba" and HAVE_NUMBA:
         k = numba_kernels()
         for start in range(0, n, BLOCK_ROWS):
-            block = _uint16_block(features[start : start + BLOCK_ROWS])
+            block = _uint16_block(features[start : start + BLOCK_ROWS], profile.width, source)
             if cols is None:
                 k.gather_sum_all(block, offs, table, table.dtype.type(0), out[start : start + BLOCK_ROWS])
             else:
@@ -340,6 +360,7 @@ def score_features(features: np.ndarray, profile: Profile, *, kernel: str | None
     else:
         offs64 = offs.astype(np.int64)
         for start in range(0, n, NUMPY_STEP_ROWS):
+            check_neuron_ids(features[start : start + NUMPY_STEP_ROWS], profile.width, source)
             _numpy_gather_sum(features[start : start + NUMPY_STEP_ROWS], cols, table, offs64,
                               out[start : start + NUMPY_STEP_ROWS])
     return out
@@ -351,6 +372,7 @@ def score_features_many(features: np.ndarray, profiles, *, kernel: str | None = 
     profiles = list(profiles)
     if not profiles:
         return np.zeros((0, len(features)), dtype=np.int64)
+    source = _source(features)
     features = _check_shape(features, profiles[0])
     n = features.shape[0]
     kernel = kernel or choose_kernel(n * len(profiles))
@@ -368,11 +390,12 @@ def score_features_many(features: np.ndarray, profiles, *, kernel: str | None = 
     if kernel == "numba" and HAVE_NUMBA:
         k = numba_kernels()
         for start in range(0, n, BLOCK_ROWS):
-            block = _uint16_block(features[start : start + BLOCK_ROWS])
+            block = _uint16_block(features[start : start + BLOCK_ROWS], profiles[0].width, source)
             k.gather_sum_many(block, offs, tables, tables.dtype.type(0), out[:, start : start + BLOCK_ROWS])
     else:
         offs64 = offs.astype(np.int64)
         for start in range(0, n, NUMPY_STEP_ROWS):
+            check_neuron_ids(features[start : start + NUMPY_STEP_ROWS], profiles[0].width, source)
             idx = features[start : start + NUMPY_STEP_ROWS].astype(np.int64)
             idx += offs64
             for j in range(len(profiles)):

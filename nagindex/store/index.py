@@ -28,9 +28,11 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from nagindex.errors import NagError
 from nagindex.schemas import DEFAULT_NEURON_TYPE, ROW, UNKNOWN_HASH, FeatureSpec, feature_column, index_schema
+from nagindex.store import checksums
 from nagindex.store.manifest import Manifest, read_manifest
 from nagindex.store.segment import Segment, gather_rows
 
@@ -45,6 +47,32 @@ DELETED_PREFIX = "deleted-"
 BATCH_ROWS = 65_536
 # Largest segment: bounds the memory of building its inverted lists.
 SEGMENT_ROWS = 1 << 20
+
+
+# What Lance raises for a missing, truncated or unreadable file (pylance's
+# LanceError(IO) is an OSError; some paths raise RuntimeError or ValueError).
+LANCE_ERRORS = (OSError, RuntimeError, ValueError)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def inside(root: Path, path: Path) -> bool:
+    """True when `path` resolves (symlinks followed) to a place inside `root`."""
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except OSError:
+        return False
+
+
+def damaged(path: Path, problem: str) -> NagError:
+    """The one-line error for an index whose files do not match its manifest."""
+    return NagError(
+        f"index {path} is damaged: {problem}; nothing was changed. Run `nag index check {path}` for every problem, "
+        "and restore the index from a copy or rebuild it"
+    )
 
 
 def _dir_size(path: Path) -> int:
@@ -94,16 +122,26 @@ class IndexSnapshot:
     # -- opening ---------------------------------------------------------------
     def _load(self, manifest: Manifest) -> None:
         segments_dir = self.path / SEGMENTS_DIR
+        for ref in manifest.segments:
+            if not inside(self.path, segments_dir / ref.name):
+                raise OSError(f"segment {ref.name} lies outside the index directory")
+        # sizes only (one stat per file): the full hashes are `check`'s
+        for name, expected in manifest.checksums.items():
+            problem = checksums.size_problem(self.path, name, expected)
+            if problem:
+                raise OSError(problem)
         segments = [Segment(segments_dir, ref, manifest.spec) for ref in manifest.segments]
         deleted = np.zeros(0, dtype=np.int64)
         if manifest.deleted_file:
-            deleted = np.load(self.path / manifest.deleted_file)
-            if len(deleted) != manifest.num_deleted:
-                raise OSError(f"{manifest.deleted_file} lists {len(deleted)} rows, the manifest {manifest.num_deleted}")
+            deleted = np.load(self.path / manifest.deleted_file, allow_pickle=False)
+            problem = deleted_rows_problem(deleted, manifest.num_deleted, manifest.num_rows)
+            if problem:
+                raise OSError(f"{manifest.deleted_file} {problem}")
+        table = self._open_lance(manifest)  # pinned now: a later compaction may drop the table
         self.manifest = manifest
         self._segments = segments
         self._deleted = deleted
-        self._table = None
+        self._table = table
         self._docids = None
         self._token_num = None
 
@@ -121,13 +159,13 @@ class IndexSnapshot:
             manifest = read_manifest(path)
             try:
                 return cls(path, manifest, model=model)
-            except (OSError, ValueError) as e:
+            except LANCE_ERRORS as e:
                 # a compaction may have replaced the files between reading the
                 # manifest and opening them: read the manifest again
                 last_error = e
                 if read_manifest(path).generation == manifest.generation:
                     break
-        raise NagError(f"index {path} is damaged: {last_error}")
+        raise damaged(path, first_line(last_error))
 
     # -- the snapshot, for queries -----------------------------------------------
     @property
@@ -169,7 +207,13 @@ class IndexSnapshot:
     def token_num(self) -> np.ndarray:
         """int64 (num_rows): token counts (0 where the pool had none)."""
         if self._token_num is None:
-            parts = [np.asarray(s.token_num) for s in self._segments]
+            parts = []
+            for s in self._segments:
+                part = np.asarray(s.token_num)
+                problem = token_num_problem(part)
+                if problem:
+                    raise damaged(self.path, f"{s.dir / 'token_num.i64'} {problem}")
+                parts.append(part)
             self._token_num = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         return self._token_num
 
@@ -199,29 +243,35 @@ class IndexSnapshot:
         return StackedPostingLists([s.posting_lists(neuron_type) for s in self._segments], nlist)
 
     def _lance(self):
+        """The documents table at the manifest's version (opened with the snapshot), or None."""
+        return self._table
+
+    def _open_lance(self, manifest: Manifest):
         """The documents table at the manifest's version, for reading.
 
-        Reads go through the Lance dataset itself (pylance) where it is
+        Opened with the snapshot, so that it stays readable when a compaction
+        commits a new table afterwards. Reads go through the Lance dataset itself (pylance) where it is
         installed: `import lancedb` costs over 2 s of start-up (its REST
         namespace client), which dominated a `nag query` from the CLI, while
         the dataset reader loads in a fraction of that. Writes stay with
         LanceDB. Both objects answer `.schema` and take rows by offset.
         """
-        if self._table is None:
-            if self.manifest.lance_version is None:
-                return None
-            try:
-                import lance
-            except ImportError:
-                import lancedb
+        if manifest.lance_version is None:
+            return None
+        uri = self.path / f"{manifest.lance_table}.lance"
+        if not inside(self.path, uri):
+            raise OSError(f"the Lance table {manifest.lance_table} lies outside the index directory")
+        if not uri.is_dir():
+            raise OSError(f"its Lance table {uri.name} is missing")
+        try:
+            import lance
+        except ImportError:
+            import lancedb
 
-                table = lancedb.connect(str(self.path)).open_table(self.manifest.lance_table)
-                table.checkout(self.manifest.lance_version)
-                self._table = _LanceDBReader(table)
-            else:
-                uri = self.path / f"{self.manifest.lance_table}.lance"
-                self._table = _LanceReader(lance.dataset(str(uri), version=self.manifest.lance_version))
-        return self._table
+            table = lancedb.connect(str(self.path)).open_table(manifest.lance_table)
+            table.checkout(manifest.lance_version)
+            return _LanceDBReader(table)
+        return _LanceReader(lance.dataset(str(uri), version=manifest.lance_version))
 
     def columns(self) -> list[str]:
         """Columns `take` can return."""
@@ -252,14 +302,40 @@ class IndexSnapshot:
             schema = pa.schema([f for f in index_schema(self.spec) if f.name in columns]) if table is None else table.schema
             return pa.schema([schema.field(c) for c in columns]).empty_table()
         unique, inverse = np.unique(rows, return_inverse=True)
+        try:
+            got = self._take_sorted(table, unique, columns)
+        except LANCE_ERRORS as e:
+            got = self._take_from_newer(unique, columns, e)
+        return got.take(pa.array(inverse))
+
+    def _take_sorted(self, table, unique: np.ndarray, columns: list[str]) -> pa.Table:
         parts = []
         for i in range(0, len(unique), 4 * self.batch_rows):
             chunk = unique[i : i + 4 * self.batch_rows]
             parts.append(table.take(chunk, columns))
         got = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
         if got.num_rows != len(unique):
-            raise NagError(f"index {self.path} is damaged: asked for {len(unique)} rows, Lance returned {got.num_rows}")
-        return got.take(pa.array(inverse))
+            raise damaged(self.path, f"asked for {len(unique)} rows, its Lance table returned {got.num_rows}")
+        return got
+
+    def _take_from_newer(self, unique: np.ndarray, columns: list[str], error: Exception) -> pa.Table:
+        """The same documents from the newest committed state, when a compaction
+        removed the Lance table this snapshot pinned (their payload is unchanged:
+        compaction only renumbers rows); a damaged table otherwise."""
+        where = f"{self.manifest.lance_table}.lance"
+        try:
+            newest = read_manifest(self.path)
+        except NagError:
+            newest = self.manifest
+        if newest.generation == self.manifest.generation:
+            raise damaged(self.path, f"reading {where} failed ({first_line(error)})") from None
+        newer = type(self).open(self.path, model=self._model)
+        ids = self.docids().take(pa.array(unique))
+        live_ids, live_rows = newer._live_docids()
+        pos = pc.index_in(ids, value_set=live_ids)
+        if pos.null_count:
+            raise NagError(f"index {self.path} changed while it was read (documents were replaced); run the command again")
+        return newer._take_sorted(newer._lance(), live_rows[pos.to_numpy(zero_copy_only=False)], columns)
 
     def backbone(self, *, device=None, dtype=None):
         """The backbone that made the features (loaded on first use, from `model`
@@ -287,6 +363,12 @@ class IndexSnapshot:
                                   what=f"the features of the backbone {backbone.name}")
             self._backbone = backbone
         return self._backbone
+
+    def check(self):
+        """Read every file and compare it with the manifest (`store.verify.CheckReport`)."""
+        from nagindex.store.verify import check_index
+
+        return check_index(self)
 
     def info(self) -> dict:
         """Documents, tokens, backbone, L, K, neuron types, versions, pending deltas, size on disk."""
@@ -330,12 +412,34 @@ class IndexSnapshot:
         return gather_rows(self.feature_segments(neuron_type), rows, self.spec.feature_length)
 
 
+def token_num_problem(token_num: np.ndarray) -> str | None:
+    """Why a segment's token counts cannot be right, or None."""
+    if len(token_num) and int(token_num.min()) < 0:
+        return f"holds a negative token count ({int(token_num.min())})"
+    return None
+
+
+def deleted_rows_problem(deleted: np.ndarray, expected: int, num_rows: int) -> str | None:
+    """Why a deleted-row file cannot be right, or None: it must list `expected`
+    distinct rows of 0..num_rows-1 in ascending order."""
+    if deleted.ndim != 1 or not np.issubdtype(deleted.dtype, np.integer):
+        return f"is not a list of row numbers ({deleted.dtype}, shape {deleted.shape})"
+    if len(deleted) != expected:
+        return f"lists {len(deleted)} rows, the manifest {expected}"
+    if len(deleted) and (int(deleted[0]) < 0 or int(deleted[-1]) >= num_rows or bool(np.any(np.diff(deleted) <= 0))):
+        return f"lists rows outside 0..{num_rows - 1} or out of order"
+    return None
+
+
 class _LanceReader:
     """Rows by offset from a pylance dataset pinned to one version."""
 
     def __init__(self, dataset):
         self.dataset = dataset
         self.schema = dataset.schema
+
+    def count_rows(self) -> int:
+        return self.dataset.count_rows()
 
     def take(self, offsets: np.ndarray, columns: list[str]) -> pa.Table:
         return self.dataset.take(offsets.tolist(), columns=columns)

@@ -11,7 +11,8 @@ behind.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from nagindex.atomic import atomic_write_bytes
@@ -20,6 +21,14 @@ from nagindex.schemas import SCHEMA_VERSION, FeatureSpec
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "nagindex"
+
+# The only names a writer ever gives the files a manifest refers to. Anything
+# else (a path with a separator, "..", an absolute path) is refused, so that a
+# manifest can never make a reader or a writer touch a file outside the index.
+SEGMENT_NAME = re.compile(r"seg-[0-9]{6,}")
+LANCE_TABLE_NAME = re.compile(r"docs(_[0-9]{6,})?")
+DELETED_FILE_NAME = re.compile(r"deleted-[0-9]{6,}\.npy")
+CHECKSUM_NAME = re.compile(r"(segments/seg-[0-9]{6,}/[A-Za-z0-9_.-]+|deleted-[0-9]{6,}\.npy)")
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,9 @@ class Manifest:
     next_segment: int = 0
     base_segments: int = 0  # leading segments written by the build or the last compaction
     schema_version: int = SCHEMA_VERSION
+    # {file relative to the index: [size, "algorithm:digest"]} of every immutable
+    # file the commit names (see `checksums`); empty for indexes written before
+    checksums: dict = field(default_factory=dict, compare=False)
 
     @property
     def num_rows(self) -> int:
@@ -77,6 +89,7 @@ class Manifest:
             "deleted_file": self.deleted_file,
             "num_deleted": self.num_deleted,
             "num_rows": self.num_rows,
+            "checksums": dict(sorted(self.checksums.items())),
         }
 
     @classmethod
@@ -99,14 +112,43 @@ class Manifest:
             next_segment=int(d.get("next_segment", len(segments))),
             base_segments=int(d.get("base_segments", min(1, len(segments)))),
             schema_version=version,
+            checksums=_checksums(d.get("checksums", {})),
         )
         check_segments_contiguous(m.segments)
         if int(d.get("num_rows", m.num_rows)) != m.num_rows:
             raise NagError("index manifest is inconsistent (row count does not match its segments)")
+        check_names(m)
+        if m.lance_version is not None and (not isinstance(m.lance_version, int) or m.lance_version < 1):
+            raise NagError(f"index manifest is inconsistent (Lance version {m.lance_version!r})")
+        if not 0 <= m.num_deleted <= m.num_rows or (m.num_deleted > 0) != (m.deleted_file is not None):
+            raise NagError(f"index manifest is inconsistent ({m.num_deleted} deleted rows, file {m.deleted_file})")
         return m
 
     def evolve(self, **changes) -> "Manifest":
         return replace(self, **changes)
+
+
+def _checksums(raw) -> dict:
+    if not isinstance(raw, dict):
+        raise TypeError("checksums must be an object")
+    out = {}
+    for name, value in raw.items():
+        if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], int) and isinstance(value[1], str)):
+            raise TypeError(f"checksum of {name} must be [size, digest]")
+        out[str(name)] = value
+    return out
+
+
+def check_names(m: "Manifest") -> None:
+    """Every name in the manifest is one a writer makes, inside the index directory."""
+    bad = [s.name for s in m.segments if not SEGMENT_NAME.fullmatch(s.name)]
+    if not LANCE_TABLE_NAME.fullmatch(m.lance_table):
+        bad.append(m.lance_table)
+    if m.deleted_file is not None and not DELETED_FILE_NAME.fullmatch(str(m.deleted_file)):
+        bad.append(str(m.deleted_file))
+    bad += [n for n in m.checksums if not CHECKSUM_NAME.fullmatch(n) or ".." in n.split("/")]
+    if bad:
+        raise NagError(f"index manifest names {bad[0]!r}, which is not a file of this index; refusing to use it")
 
 
 def check_segments_contiguous(segments: tuple[SegmentRef, ...] | list[SegmentRef]) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from nagindex.store import checksums as _checksums
 from nagindex.store import postings as _postings
 from nagindex.atomic import fsync_dir
 from nagindex.store.manifest import SegmentRef
@@ -73,6 +74,7 @@ class SegmentWriter:
         self.spec = spec
         self.first_row = first_row
         self.num_rows = 0
+        self.checksums: dict[str, list] = {}  # filled by `finish`, keyed relative to the index
         self.tmp = self.segments_dir / f"{TMP_PREFIX}{self.name}-{os.getpid()}"
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
@@ -122,6 +124,8 @@ class SegmentWriter:
             f.flush()
             os.fsync(f.fileno())
         fsync_dir(self.tmp)
+        prefix = f"{self.segments_dir.name}/{self.name}/"
+        self.checksums = {prefix + k: v for k, v in _checksums.describe_dir(self.tmp, self.tmp).items()}
         final = self.segments_dir / self.name
         if final.exists():  # an orphan of a crashed writer that was never committed
             shutil.rmtree(final)

@@ -33,9 +33,26 @@ from nagindex.errors import NagError
 from nagindex.io import check_unique_docids, normalize_documents
 from nagindex.schemas import DOCID, ROW, TOKEN_NUM, FeatureSpec, index_schema
 from nagindex.store import doctable, ingest
-from nagindex.store.index import DELETED_PREFIX, LOCK_NAME, SEGMENTS_DIR, IndexSnapshot
-from nagindex.store.manifest import Manifest, SegmentRef, read_manifest, write_manifest
-from nagindex.store.segment import SegmentWriter
+from nagindex.store import checksums
+from nagindex.store.index import (
+    DELETED_PREFIX,
+    LANCE_ERRORS,
+    LOCK_NAME,
+    SEGMENTS_DIR,
+    IndexSnapshot,
+    damaged,
+    first_line,
+)
+from nagindex.store.manifest import (
+    DELETED_FILE_NAME,
+    LANCE_TABLE_NAME,
+    SEGMENT_NAME,
+    Manifest,
+    SegmentRef,
+    read_manifest,
+    write_manifest,
+)
+from nagindex.store.segment import TMP_PREFIX, SegmentWriter
 
 Features = dict[str, np.ndarray]
 Batches = Iterable[tuple[pa.Table, Features]]
@@ -63,13 +80,23 @@ def progress_bar(total: int | None, enabled: bool, desc: str):
     return tqdm(total=total, disable=not enabled, desc=desc, unit="doc", unit_scale=True, dynamic_ncols=True)
 
 
-def os_error_message(exc: OSError, path: Path, action: str) -> str:
-    """One line for an OS error met while writing an index."""
-    if exc.errno == errno.ENOSPC:
-        return f"disk full while {action} {path}; the index is unchanged ({exc.strerror})"
-    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+def os_error_message(exc: Exception, path: Path, action: str) -> str:
+    """One line for an OS or Lance error met while writing an index."""
+    code = getattr(exc, "errno", None)
+    text = first_line(exc)
+    if code == errno.ENOSPC or "no space left" in text.lower():
+        return f"disk full while {action} {path}; the index is unchanged (free space and run the command again)"
+    if isinstance(exc, PermissionError) or code in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"no permission to write to {path} while {action} it; the index is unchanged"
-    return f"I/O error while {action} {path}: {exc}; the index is unchanged"
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    return (f"I/O error while {action} {path}{where}: {text}; the index is unchanged "
+            f"(run `nag index check {path}` if it persists)")
+
+
+def _write_failure(exc: BaseException) -> bool:
+    """An error of the disk or of Lance (LanceError(IO) is an OSError, some are RuntimeError),
+    not a NagError or a bug of ours."""
+    return isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, (NagError, NotImplementedError, RecursionError))
 
 
 # -- create, lock, recover -------------------------------------------------------------
@@ -115,30 +142,64 @@ def locked(index: IndexSnapshot, action: str) -> Iterator[Manifest]:
 
 
 def recover(path: Path, manifest: Manifest) -> None:
-    """Undo whatever a writer that died before committing left behind."""
+    """Undo whatever a writer of this index that died before committing left behind.
+
+    The committed state is checked first (every segment, file and Lance
+    version the manifest names is there, with its recorded size): if anything
+    is missing, the index is damaged and nothing is removed. Then only what
+    a writer makes and no commit names goes: segment directories and their
+    temporaries, deleted-row files, temporary files, and the Lance tables a
+    first append or a compaction created. Any other file is left alone.
+    """
+    import lancedb
+
+    try:
+        db = lancedb.connect(str(path))
+        tables = doctable.table_names(db)
+        committed_table = _check_committed(path, manifest, db, tables)
+    except LANCE_ERRORS as e:
+        if isinstance(e, NagError):
+            raise
+        raise damaged(path, f"its Lance table {manifest.lance_table}.lance cannot be read ({first_line(e)})") from None
     segments_dir = path / SEGMENTS_DIR
     segments_dir.mkdir(exist_ok=True)
     committed = {s.name for s in manifest.segments}
     for entry in segments_dir.iterdir():
-        if entry.name not in committed:
+        ours = SEGMENT_NAME.fullmatch(entry.name) or entry.name.startswith(TMP_PREFIX)
+        if ours and entry.name not in committed:
             shutil.rmtree(entry, ignore_errors=True)
     for entry in path.iterdir():
-        stale_deleted = entry.name.startswith(DELETED_PREFIX) and entry.name != manifest.deleted_file
-        if stale_deleted or (entry.is_file() and is_temporary(entry.name)):
+        stale_deleted = DELETED_FILE_NAME.fullmatch(entry.name) and entry.name != manifest.deleted_file
+        if entry.is_file() and (stale_deleted or is_temporary(entry.name)):
             entry.unlink(missing_ok=True)
-    import lancedb
-
-    db = lancedb.connect(str(path))
-    for name in doctable.table_names(db):
-        if name != manifest.lance_table or manifest.lance_version is None:
+    for name in tables:
+        if LANCE_TABLE_NAME.fullmatch(name) and (name != manifest.lance_table or manifest.lance_version is None):
             db.drop_table(name)  # a table no commit refers to (a crashed compaction or first append)
-    if manifest.lance_version is not None:
-        if manifest.lance_table not in doctable.table_names(db):
-            raise NagError(f"index {path} is damaged: its Lance table {manifest.lance_table} is missing")
-        table = db.open_table(manifest.lance_table)
-        if table.version != manifest.lance_version:
-            # rows added after the last commit: go back to the committed version
-            table.restore(manifest.lance_version)
+    if committed_table is not None and committed_table.version != manifest.lance_version:
+        committed_table.restore(manifest.lance_version)  # rows added after the last commit
+
+
+def _check_committed(path: Path, manifest: Manifest, db, tables: list[str]):
+    """NagError unless every part of the committed state is present; the committed table."""
+    for ref in manifest.segments:
+        if not (path / SEGMENTS_DIR / ref.name).is_dir():
+            raise damaged(path, f"its segment {SEGMENTS_DIR}/{ref.name} is missing")
+    for name, expected in manifest.checksums.items():
+        problem = checksums.size_problem(path, name, expected)
+        if problem:
+            raise damaged(path, problem)
+    if manifest.deleted_file and not (path / manifest.deleted_file).is_file():
+        raise damaged(path, f"its deleted-row file {manifest.deleted_file} is missing")
+    if manifest.lance_version is None:
+        return None
+    if manifest.lance_table not in tables:
+        raise damaged(path, f"its Lance table {manifest.lance_table}.lance is missing")
+    table = db.open_table(manifest.lance_table)
+    versions = [v["version"] if isinstance(v, dict) else v.version for v in table.list_versions()]
+    if manifest.lance_version not in versions:
+        raise damaged(path, f"the manifest names version {manifest.lance_version} of {manifest.lance_table}.lance, "
+                            f"which has versions {min(versions)}..{max(versions)}")
+    return table
 
 
 # -- segments ---------------------------------------------------------------------------
@@ -156,6 +217,7 @@ class SegmentFiller:
         self.segment_rows = segment_rows
         self.on_finish = on_finish
         self.refs: list[SegmentRef] = []
+        self.checksums: dict[str, list] = {}  # of every segment written, for the manifest
         self._writer: SegmentWriter | None = None
 
     def add(self, docids: pa.Array, token_num: np.ndarray, features: Features) -> None:
@@ -174,6 +236,7 @@ class SegmentFiller:
 
     def _finish(self) -> None:
         self.refs.append(self._writer.finish())
+        self.checksums.update(self._writer.checksums)
         self._writer = None
         self.on_finish()
 
@@ -239,6 +302,7 @@ def _append_locked(index, manifest: Manifest, batches: Batches, replace: bool, c
     filler = SegmentFiller(index.path, spec, manifest.next_segment, manifest.num_rows, index.segment_rows,
                            on_finish=lambda: crash_point("segment"))
     replaced_rows: list[np.ndarray] = []
+    tokens = TokenTotal(index)
     added = skipped = 0
     created_table = False
     new_deleted_file = None
@@ -263,6 +327,7 @@ def _append_locked(index, manifest: Manifest, batches: Batches, replace: bool, c
             if docs.num_rows == 0:
                 continue
             docs = ingest.fill_token_num(docs, count_tokens, "documents")
+            tokens.add(docs.column(TOKEN_NUM))
             if table is None:
                 schema = index_schema(spec, docs.schema)
                 table = db.create_table(manifest.lance_table, schema=schema, mode="overwrite")
@@ -287,8 +352,14 @@ def _append_locked(index, manifest: Manifest, batches: Batches, replace: bool, c
             deleted_file = new_deleted_file = f"{DELETED_PREFIX}{generation:06d}.npy"
             save_npy_atomic(index.path / deleted_file, deleted)
             num_deleted = len(deleted)
+        sums = dict(manifest.checksums)
+        sums.update(filler.checksums)
+        if new_deleted_file:
+            sums = {k: v for k, v in sums.items() if not DELETED_FILE_NAME.fullmatch(k)}
+            sums[new_deleted_file] = checksums.describe(index.path / new_deleted_file)
         crash_point("before-commit")
         new = manifest.evolve(
+            checksums=sums,
             lance_version=table.version,
             segments=manifest.segments + tuple(new_refs),
             deleted_file=deleted_file,
@@ -303,12 +374,31 @@ def _append_locked(index, manifest: Manifest, batches: Batches, replace: bool, c
         if new_deleted_file:
             (index.path / new_deleted_file).unlink(missing_ok=True)
         doctable.rollback(db, manifest, created_table)
-        if isinstance(exc, OSError):
+        if _write_failure(exc):
             raise NagError(os_error_message(exc, index.path, "appending to")) from exc
         raise
     crash_point("after-commit")
     index._load(new)
     return AppendResult(added, skipped, replaced)
+
+
+class TokenTotal:
+    """The index's token total as documents arrive: refused before it leaves int64
+    (sums, budgets and the summary are int64 everywhere downstream)."""
+
+    LIMIT = 2**62  # headroom: a fraction of the total is still exact in float64 arithmetic
+
+    def __init__(self, index: IndexSnapshot):
+        self.total = sum(int(np.sum(t, dtype=np.float64)) for t in (np.asarray(s.token_num) for s in index._segments))
+
+    def add(self, column) -> None:
+        values = pc.fill_null(column, 0).to_numpy(zero_copy_only=False)
+        self.total += int(np.sum(values, dtype=np.float64))
+        if self.total >= self.LIMIT or (len(values) and int(values.max()) >= self.LIMIT):
+            raise NagError(
+                f"token counts add up to more than 2**62 ({self.total:.3e} tokens) with these documents; "
+                "token_num must count tokens (check the column)"
+            )
 
 
 # -- compact ----------------------------------------------------------------------------
@@ -355,6 +445,7 @@ def compact(index: IndexSnapshot, progress: bool = False) -> None:
             doctable.check_row_order(table, filler.next_row)
             crash_point("compact-before-commit")
             new = manifest.evolve(
+                checksums=dict(filler.checksums),
                 lance_table=table_name,
                 lance_version=table.version,
                 segments=tuple(new_refs),
@@ -367,9 +458,12 @@ def compact(index: IndexSnapshot, progress: bool = False) -> None:
             write_manifest(index.path, new)
         except BaseException as exc:
             filler.abort()
-            if table_name in doctable.table_names(db):
-                db.drop_table(table_name)
-            if isinstance(exc, OSError):
+            try:
+                if table_name in doctable.table_names(db):
+                    db.drop_table(table_name)
+            except LANCE_ERRORS:
+                pass  # the next writer's recovery drops it
+            if _write_failure(exc):
                 raise NagError(os_error_message(exc, index.path, "compacting")) from exc
             raise
         # the old files are no longer committed: remove them now
