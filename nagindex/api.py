@@ -197,6 +197,13 @@ class Index(IndexSnapshot):
         Lance table compactly. Query results do not change; readers must reopen."""
         writer.compact(self, progress=progress)
 
+    def check(self):
+        """Read every file and compare it with the manifest: a `store.verify.CheckReport`
+        (`.ok`, `.problems`). Opening checks only sizes; this verifies every hash."""
+        from nagindex.store.verify import check_index
+
+        return check_index(self)
+
     def query(self, targets=(), *, engine: Any = "local", **options):
         """Rank this index against target sets; returns the selection as an Arrow table.
 

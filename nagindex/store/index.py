@@ -364,12 +364,6 @@ class IndexSnapshot:
             self._backbone = backbone
         return self._backbone
 
-    def check(self):
-        """Read every file and compare it with the manifest (`store.verify.CheckReport`)."""
-        from nagindex.store.verify import check_index
-
-        return check_index(self)
-
     def info(self) -> dict:
         """Documents, tokens, backbone, L, K, neuron types, versions, pending deltas, size on disk."""
         spec, m = self.spec, self.manifest
