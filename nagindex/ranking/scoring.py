@@ -372,7 +372,7 @@ def score_features_many(features: np.ndarray, profiles, *, kernel: str | None = 
     profiles = list(profiles)
     if not profiles:
         return np.zeros((0, len(features)), dtype=np.int64)
-    source = _source(features)
+    source, raw = _source(features), features
     features = _check_shape(features, profiles[0])
     n = features.shape[0]
     kernel = kernel or choose_kernel(n * len(profiles))
@@ -383,7 +383,7 @@ def score_features_many(features: np.ndarray, profiles, *, kernel: str | None = 
         for p, (c, _, t) in zip(profiles, plans)
     )
     if len(profiles) == 1 or not shared:
-        return np.stack([score_features(features, p, kernel=kernel) for p in profiles])
+        return np.stack([score_features(raw, p, kernel=kernel) for p in profiles])
     offs = plans[0][1]
     tables = np.ascontiguousarray(np.stack([t for _, _, t in plans]))
     out = np.empty((len(profiles), n), dtype=np.int64)
