@@ -36,9 +36,9 @@ class Index(IndexSnapshot):
     """A NAG index directory, opened as one committed snapshot, with the operations on it."""
 
     @classmethod
-    def create(cls, path: str | os.PathLike, spec: FeatureSpec) -> "Index":
-        """Create an empty index for features made as `spec` says."""
-        return cls.open(writer.create_index(path, spec))
+    def create(cls, path: str | os.PathLike, spec: FeatureSpec, *, postings: bool = True) -> "Index":
+        """Create an empty index for features made as `spec` says (`postings=False`: no inverted lists)."""
+        return cls.open(writer.create_index(path, spec, postings=postings))
 
     @classmethod
     def build(
@@ -59,6 +59,7 @@ class Index(IndexSnapshot):
         engine: Any = "local",
         device: str | None = None,
         dtype: str | None = None,
+        postings: bool = True,
     ) -> "Index":
         """Index the documents of `pools`: files, directories, globs, or tables in memory
         (pyarrow Table/Dataset, pandas or polars DataFrame, `datasets.Dataset`), in any mix.
@@ -72,7 +73,9 @@ class Index(IndexSnapshot):
         Otherwise the features are extracted with `model` (a name/path for
         `load_backbone`, a loaded `Backbone`, or None for the embedded
         default) by the engine. The index is built in a temporary sibling
-        directory and renamed into place when complete.
+        directory and renamed into place when complete. `postings=False`
+        leaves out the inverted lists (two thirds of the disk; queries then
+        always scan, which on text-like pools is as fast: see the README).
         """
         from nagindex.extraction.backbones import Backbone
 
@@ -101,7 +104,7 @@ class Index(IndexSnapshot):
         if tmp.exists():
             shutil.rmtree(tmp)
         try:
-            index = cls.create(tmp, spec)
+            index = cls.create(tmp, spec, postings=postings)
             index._backbone = backbone
             index.append(pools, features=features, fmt=fmt, progress=progress, batch_size=batch_size,
                          _model=backbone if backbone is not None else (None if features else model),

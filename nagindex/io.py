@@ -302,6 +302,80 @@ def check_unique_docids(docids: pa.Array | pa.ChunkedArray, source: str = "input
         raise NagError(f"{source}: {len(repeated)} docids occur more than once (e.g. {example!r})")
 
 
+def docid_hashes(docids: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Two independent 64-bit hashes of every docid (uint64 each), computed on the
+    Arrow buffers without a Python object per docid.
+
+    Each is a random linear form of the UTF-8 bytes and the length, mod 2**64
+    (fixed seeds): two distinct docids share both with odds near 2**-112, so
+    equal pairs stand for equal docids (a 100M-document pool has ~1e-18 odds
+    of a single false match)."""
+    arr = pc.cast(docids, pa.large_string())
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    n = len(arr)
+    if n == 0:
+        return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + n + 1]
+    data = arr.buffers()[2]
+    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+    start, lengths = offsets[:-1] - offsets[0], np.diff(offsets)
+    raw = data[offsets[0] : offsets[-1]].astype(np.uint64)
+    pos = np.arange(len(raw), dtype=np.int64) - np.repeat(start, lengths)
+    out = []
+    for seed in (0x5EED1, 0x5EED2):
+        mult = _hash_multipliers(seed, int(lengths.max(initial=0)) + 1)
+        h = mult[0] * lengths.astype(np.uint64)  # the length, so "" and "\0" differ
+        if len(raw):
+            terms = raw * mult[1:][pos]
+            nonempty = lengths > 0
+            h[nonempty] += np.add.reduceat(terms, start[nonempty])
+        out.append(h)
+    return out[0], out[1]
+
+
+_MULTIPLIERS: dict[int, np.ndarray] = {}
+
+
+def _hash_multipliers(seed: int, count: int) -> np.ndarray:
+    have = _MULTIPLIERS.get(seed)
+    if have is None or len(have) < count:
+        size = max(count, 256, 2 * (len(have) if have is not None else 0))
+        rng = np.random.default_rng(seed)  # the same stream every time: a prefix stays the same
+        have = rng.integers(0, 2**64, size=size, dtype=np.uint64) | np.uint64(1)
+        _MULTIPLIERS[seed] = have
+    return have[:count]
+
+
+class SeenDocids:
+    """Docids seen so far across a stream of batches, kept as pairs of 64-bit
+    hashes (`docid_hashes`) in sorted runs: 16 bytes a document and no Python
+    object per docid, so that reading a pool stays flat in memory where a set
+    of strings cost ~100 bytes a document. Runs merge when one grows as large
+    as the one before it, so the work stays O(n log n)."""
+
+    def __init__(self):
+        self._runs: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def add(self, docids: pa.Array | pa.ChunkedArray) -> int | None:
+        """Record a batch (its docids unique among themselves); the position in it of
+        a docid seen in an earlier batch, else None (the batch is then recorded)."""
+        h1, h2 = docid_hashes(docids)
+        for r1, r2 in self._runs:
+            lo = np.searchsorted(r1, h1, side="left")
+            hi = np.searchsorted(r1, h1, side="right")
+            for i in np.flatnonzero(hi > lo):  # equal first hashes: rare, unless a docid repeats
+                if np.any(r2[lo[i] : hi[i]] == h2[i]):
+                    return int(i)
+        order = np.argsort(h1, kind="stable")
+        self._runs.append((h1[order], h2[order]))
+        while len(self._runs) > 1 and len(self._runs[-2][0]) <= len(self._runs[-1][0]):
+            (a1, a2), (b1, b2) = self._runs.pop(-2), self._runs.pop()
+            c1 = np.concatenate([a1, b1])
+            order = np.argsort(c1, kind="stable")
+            self._runs.append((c1[order], np.concatenate([a2, b2])[order]))
+        return None
+
+
 def read_documents(
     paths: Sequence[str | os.PathLike] | str | os.PathLike,
     fmt: str = "auto",
@@ -346,18 +420,20 @@ def iter_document_batches(
     *,
     require_text: bool = True,
     strict: bool = False,
+    seen: SeenDocids | None = None,
 ) -> Iterator[pa.Table]:
     """Documents in tables of at most `batch_size` rows, same layout as `read_documents`.
 
     Parquet is streamed row group by row group, so a pool larger than memory
     can be indexed; docids are checked for uniqueness across all batches
-    (NagError at the first repeat).
+    (NagError at the first repeat); `seen` carries that check on from
+    earlier inputs.
     """
     if fmt not in FORMATS:
         raise NagError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    seen: set[str] = set()
+    seen = SeenDocids() if seen is None else seen
     for p in map(Path, paths):
         if not p.exists():
             raise NagError(f"input file not found: {p}")
@@ -369,12 +445,10 @@ def iter_document_batches(
             raw_batches = (whole.slice(i, batch_size) for i in range(0, whole.num_rows, batch_size))
         for raw in raw_batches:
             table, _ = _normalise(raw, str(p), require_text=require_text, strict=strict)
-            ids = table.column(DOCID).to_pylist()
             check_unique_docids(table.column(DOCID), str(p))
-            dup = seen.intersection(ids)
-            if dup:
-                raise NagError(f"{p}: docid {sorted(dup)[0]!r} occurs more than once across the inputs")
-            seen.update(ids)
+            dup = seen.add(table.column(DOCID))
+            if dup is not None:
+                raise NagError(f"{p}: docid {table.column(DOCID)[dup].as_py()!r} occurs more than once across the inputs")
             if table.num_rows:
                 yield table
 

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import pyarrow as pa
 
 from nagindex.errors import NagError
-from nagindex.io import check_unique_docids, iter_document_batches, document_layout
+from nagindex.io import SeenDocids, check_unique_docids, iter_document_batches, document_layout
 from nagindex.schemas import DOCID, TEXT
 
 # Document files a directory is read for.
@@ -160,15 +160,14 @@ def count_rows(sources: Sequence[Any]) -> int | None:
 def document_batches(sources: Sequence[Any], fmt: str = "auto", batch_size: int = 10_000, *,
                      require_text: bool = True, strict: bool = False) -> Iterator[pa.Table]:
     """Documents of expanded `sources` in batches of the `io` layout, docids unique across all."""
-    seen: set[str] = set()
+    seen = SeenDocids()  # hashes, not a set of strings: flat memory over a large pool
 
     def check(tables: Iterable[pa.Table], source: str) -> Iterator[pa.Table]:
         for table in tables:
-            ids = table.column(DOCID).to_pylist()
-            dup = seen.intersection(ids)
-            if dup:
-                raise NagError(f"{source}: docid {sorted(dup)[0]!r} occurs more than once across the inputs")
-            seen.update(ids)
+            dup = seen.add(table.column(DOCID))
+            if dup is not None:
+                raise NagError(f"{source}: docid {table.column(DOCID)[dup].as_py()!r} occurs more than once "
+                               "across the inputs")
             yield table
 
     files: list[Path] = []
@@ -177,8 +176,8 @@ def document_batches(sources: Sequence[Any], fmt: str = "auto", batch_size: int 
             files.append(item)
             continue
         if files:  # consecutive files are read as one run of `io`
-            yield from check(iter_document_batches(files, fmt, batch_size, require_text=require_text,
-                                                   strict=strict), ", ".join(map(str, files[:3])))
+            yield from iter_document_batches(files, fmt, batch_size, require_text=require_text, strict=strict,
+                                             seen=seen)
             files = []
         if item is None:
             break

@@ -206,3 +206,32 @@ def test_upstream_jsonl_errors(tmp_path):
     p.write_text(json.dumps({"docid": "a", "text": "no features"}))
     with pytest.raises(NagError, match="no '<type>_feature'"):
         nio.read_feature_files([p])
+
+
+# -- docids seen across batches: hashed, flat in memory --------------------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from nagindex.io import SeenDocids, docid_hashes  # noqa: E402
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(max_size=12), min_size=1, max_size=60, unique=True), st.integers(1, 7), st.data())
+def test_seen_docids_finds_exactly_the_repeats(ids, batch, data):
+    seen = SeenDocids()
+    batches = [ids[i : i + batch] for i in range(0, len(ids), batch)]
+    for b in batches:
+        assert seen.add(pa.array(b)) is None  # distinct docids never collide
+    again = data.draw(st.sampled_from(ids))
+    fresh = [x for x in ["zz-new", again] if x not in ids or x == again]
+    pos = seen.add(pa.array(fresh))
+    assert pos is not None and fresh[pos] == again
+
+
+def test_docid_hashes_see_bytes_and_length():
+    a, b = docid_hashes(pa.array(["", "\0", "ab", "ba", "abc", "é", "doc-1", "doc-1"]))
+    pairs = list(zip(a.tolist(), b.tolist()))
+    assert len(set(pairs[:7])) == 7 and pairs[6] == pairs[7]
+    chunked = pa.chunked_array([pa.array(["ab", "ba"]), pa.array(["abc"])])
+    assert docid_hashes(chunked)[0].tolist() == a[2:5].tolist()
+    sliced = pa.array(["x", "ab", "ba", "abc"]).slice(1)
+    assert docid_hashes(sliced)[1].tolist() == b[2:5].tolist()

@@ -235,10 +235,17 @@ class IndexSnapshot:
             return faiss.ArrayInvertedLists(self.spec.num_layers * self.spec.width(neuron_type), 0)
         return stack_postings([s.postings(neuron_type) for s in self._segments])
 
+    @property
+    def has_postings(self) -> bool:
+        """Whether the segments carry inverted lists (not after `build(..., postings=False)`)."""
+        return self.manifest.postings
+
     def posting_lists(self, neuron_type: str = DEFAULT_NEURON_TYPE):
         """The same lists read with numpy (`postings.StackedPostingLists`): `sizes()`, `ids(list_no)`."""
         from nagindex.store.postings import StackedPostingLists
 
+        if not self.has_postings:
+            raise NagError(f"index {self.path} has no inverted lists (built with --no-postings)")
         nlist = self.spec.num_layers * self.spec.width(neuron_type)
         return StackedPostingLists([s.posting_lists(neuron_type) for s in self._segments], nlist)
 
@@ -388,6 +395,7 @@ class IndexSnapshot:
             "lance_table": m.lance_table,
             "lance_version": m.lance_version,
             "segments": len(m.segments),
+            "postings": m.postings,
             "deltas_pending": m.deltas,
             "columns": [c for c in self.columns() if c != ROW],
             "size_bytes": _dir_size(self.path),

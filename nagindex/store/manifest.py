@@ -61,6 +61,7 @@ class Manifest:
     # {file relative to the index: [size, "algorithm:digest"]} of every immutable
     # file the commit names (see `checksums`); empty for indexes written before
     checksums: dict = field(default_factory=dict, compare=False)
+    postings: bool = True  # segments carry inverted lists (`nag index build --no-postings`: not)
 
     @property
     def num_rows(self) -> int:
@@ -90,6 +91,7 @@ class Manifest:
             "num_deleted": self.num_deleted,
             "num_rows": self.num_rows,
             "checksums": dict(sorted(self.checksums.items())),
+            "postings": self.postings,
         }
 
     @classmethod
@@ -113,6 +115,7 @@ class Manifest:
             base_segments=int(d.get("base_segments", min(1, len(segments)))),
             schema_version=version,
             checksums=_checksums(d.get("checksums", {})),
+            postings=bool(d.get("postings", True)),
         )
         check_segments_contiguous(m.segments)
         if int(d.get("num_rows", m.num_rows)) != m.num_rows:

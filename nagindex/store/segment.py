@@ -24,6 +24,7 @@ import pyarrow as pa
 from nagindex.store import checksums as _checksums
 from nagindex.store import postings as _postings
 from nagindex.atomic import fsync_dir
+from nagindex.errors import NagError
 from nagindex.store.manifest import SegmentRef
 from nagindex.schemas import DOCID, FeatureSpec
 
@@ -68,8 +69,9 @@ def _read_and_remove(path: Path, shape: tuple[int, int]) -> np.ndarray:
 class SegmentWriter:
     """Writes one segment under a temporary directory; `finish` renames it into place."""
 
-    def __init__(self, segments_dir: Path, number: int, spec: FeatureSpec, first_row: int):
+    def __init__(self, segments_dir: Path, number: int, spec: FeatureSpec, first_row: int, *, postings: bool = True):
         self.segments_dir = Path(segments_dir)
+        self.postings = postings
         self.name = segment_name(number)
         self.spec = spec
         self.first_row = first_row
@@ -83,7 +85,8 @@ class SegmentWriter:
         # the same features again, one file per (type, layer): the inverted lists
         # are built layer by layer from these without mapping the whole matrix
         self._layers = {
-            (t, layer): open(_layer_path(self.tmp, t, layer), "wb") for t in spec.neuron_types for layer in range(spec.num_layers)
+            (t, layer): open(_layer_path(self.tmp, t, layer), "wb")
+            for t in spec.neuron_types for layer in range(spec.num_layers) if postings
         }
         self._tokens = open(token_num_path(self.tmp), "wb")
         self._docids = pa.ipc.new_file(str(docids_path(self.tmp)), _DOCID_SCHEMA)
@@ -93,7 +96,7 @@ class SegmentWriter:
         k = self.spec.top_k
         for t in self.spec.neuron_types:
             _write_array(self._features[t], features[t])
-            for layer in range(self.spec.num_layers):
+            for layer in range(self.spec.num_layers if self.postings else 0):
                 _write_array(self._layers[t, layer], features[t][:, layer * k : (layer + 1) * k])
         _write_array(self._tokens, np.asarray(token_num, dtype=np.int64))
         self._docids.write_batch(pa.record_batch([docids.cast(pa.string())], schema=_DOCID_SCHEMA))
@@ -113,7 +116,7 @@ class SegmentWriter:
         """Close the files, build the inverted lists, rename into place."""
         self._close_files()
         spec = self.spec
-        for t in spec.neuron_types:
+        for t in spec.neuron_types if self.postings else ():
             blocks = (
                 _read_and_remove(_layer_path(self.tmp, t, layer), (self.num_rows, spec.top_k)) for layer in range(spec.num_layers)
             )
@@ -162,7 +165,10 @@ class Segment:
             self.docids = pa.ipc.open_file(source).read_all().column(DOCID).combine_chunks()
             # opened now, not on first use, so that a snapshot never depends on
             # files a later compaction may remove
-            self.posting_lists_by_type = {t: _postings.PostingLists.open(self.dir, t) for t in spec.neuron_types}
+            self.posting_lists_by_type = {
+                t: _postings.PostingLists.open(self.dir, t)
+                for t in spec.neuron_types if _postings.offsets_path(self.dir, t).exists()
+            }
             self._faiss_postings: dict = {}
         except (KeyError, ValueError, json.JSONDecodeError) as e:
             raise OSError(f"segment {self.dir} is damaged: {e}") from None
@@ -172,11 +178,14 @@ class Segment:
     def postings(self, neuron_type: str):
         """The lists as FAISS `InvertedLists` (imports faiss on first use)."""
         if neuron_type not in self._faiss_postings:
+            self.posting_lists(neuron_type)  # a clear error where there are none
             self._faiss_postings[neuron_type] = _postings.open_postings(self.dir, neuron_type)
         return self._faiss_postings[neuron_type]
 
     def posting_lists(self, neuron_type: str) -> _postings.PostingLists:
         """The lists read with numpy (what queries use)."""
+        if neuron_type not in self.posting_lists_by_type:
+            raise NagError(f"segment {self.dir} has no inverted lists (the index was built with --no-postings)")
         return self.posting_lists_by_type[neuron_type]
 
 

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from nagindex.atomic import atomic_write_bytes, is_temporary
 from nagindex.errors import NagError
-from nagindex.io import check_unique_docids, normalize_documents
+from nagindex.io import SeenDocids, check_unique_docids, normalize_documents
 from nagindex.schemas import DOCID, ROW, TOKEN_NUM, FeatureSpec, index_schema
 from nagindex.store import doctable, ingest
 from nagindex.store import checksums
@@ -102,8 +102,9 @@ def _write_failure(exc: BaseException) -> bool:
 # -- create, lock, recover -------------------------------------------------------------
 
 
-def create_index(path: str | os.PathLike, spec: FeatureSpec) -> Path:
-    """Make an empty index directory for features made as `spec` says."""
+def create_index(path: str | os.PathLike, spec: FeatureSpec, *, postings: bool = True) -> Path:
+    """Make an empty index directory for features made as `spec` says (with inverted
+    lists in every segment, or with `postings=False` none: 4.8 of ~7 kB a document)."""
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise NagError(f"{path} already exists and is not empty; choose a new directory for the index")
@@ -111,7 +112,7 @@ def create_index(path: str | os.PathLike, spec: FeatureSpec) -> Path:
         path.mkdir(parents=True, exist_ok=True)
         (path / SEGMENTS_DIR).mkdir(exist_ok=True)
         (path / LOCK_NAME).touch()
-        write_manifest(path, Manifest(spec=spec))
+        write_manifest(path, Manifest(spec=spec, postings=postings))
     except OSError as e:
         raise NagError(os_error_message(e, path, "creating")) from None
     return path
@@ -209,8 +210,9 @@ class SegmentFiller:
     """Writes consecutive rows into new segments of at most `segment_rows` rows each."""
 
     def __init__(self, index_path: Path, spec: FeatureSpec, first_segment: int, first_row: int, segment_rows: int,
-                 on_finish: Callable[[], None] = lambda: None):
+                 on_finish: Callable[[], None] = lambda: None, postings: bool = True):
         self.dir = index_path / SEGMENTS_DIR
+        self.postings = postings
         self.spec = spec
         self.next_segment = first_segment
         self.next_row = first_row
@@ -224,7 +226,8 @@ class SegmentFiller:
         n, done = len(docids), 0
         while done < n:
             if self._writer is None:
-                self._writer = SegmentWriter(self.dir, self.next_segment, self.spec, self.next_row)
+                self._writer = SegmentWriter(self.dir, self.next_segment, self.spec, self.next_row,
+                                             postings=self.postings)
                 self.next_segment += 1
             take = min(n - done, self.segment_rows - self._writer.num_rows)
             self._writer.add(docids.slice(done, take), token_num[done : done + take],
@@ -261,14 +264,13 @@ class SegmentFiller:
 def checked_batches(batches: Batches, spec: FeatureSpec) -> Iterator[tuple[pa.Table, Features]]:
     """Validate a stream of (documents, features) batches made elsewhere (e.g. by Ray):
     documents normalised, features of the index's shape, docids unique across the stream."""
-    seen: pa.Array | None = None
+    seen = SeenDocids()
     for i, (docs, feats) in enumerate(batches):
         docs = normalize_documents(docs, f"batch {i}")
         ids = docs.column(DOCID).combine_chunks()
         check_unique_docids(ids, f"batch {i}")
-        if seen is not None and pc.any(pc.is_in(ids, value_set=seen)).as_py():
+        if seen.add(ids) is not None:
             raise NagError(f"batch {i}: a docid of an earlier batch occurs again")
-        seen = ids if seen is None else pa.concat_arrays([seen, ids])
         yield docs, ingest.check_features(feats, spec, docs.num_rows, f"batch {i}")
 
 
@@ -300,7 +302,7 @@ def _append_locked(index, manifest: Manifest, batches: Batches, replace: bool, c
     schema = table.schema if table is not None else None
     live_ids, live_rows = index._live_docids()
     filler = SegmentFiller(index.path, spec, manifest.next_segment, manifest.num_rows, index.segment_rows,
-                           on_finish=lambda: crash_point("segment"))
+                           on_finish=lambda: crash_point("segment"), postings=manifest.postings)
     replaced_rows: list[np.ndarray] = []
     tokens = TokenTotal(index)
     added = skipped = 0
@@ -421,7 +423,8 @@ def compact(index: IndexSnapshot, progress: bool = False) -> None:
         table_name = f"docs_{generation:06d}"
         live = index.live_mask()
         live_rows = np.arange(index.num_rows, dtype=np.int64) if live is None else np.flatnonzero(live)
-        filler = SegmentFiller(index.path, spec, manifest.next_segment, 0, index.segment_rows)
+        filler = SegmentFiller(index.path, spec, manifest.next_segment, 0, index.segment_rows,
+                               postings=manifest.postings)
         table = None
         try:
             with progress_bar(len(live_rows), progress, "compacting") as bar:

@@ -511,3 +511,30 @@ def test_damaged_index_is_reported(filled):
     (seg / "postings.fwd_up.ids").write_bytes(b"short")
     with pytest.raises(NagError, match="damaged"):
         Index.open(filled.path)
+
+
+def test_an_index_without_postings_scans_and_answers_the_same(tmp_path):
+    from nagindex import Index
+    from nagindex.ranking.query import run_query
+
+    rng = np.random.default_rng(5)
+    L, K, W, n = 3, 4, 20, 300
+    spec = FeatureSpec(backbone="synthetic", backbone_hash="0" * 16, num_layers=L, top_k=K,
+                       neuron_types=("fwd_up",), layer_widths={"fwd_up": W})
+    feats = np.stack([np.concatenate([rng.permutation(W)[:K] for _ in range(L)]) for _ in range(n)]).astype(np.uint16)
+    docs = pa.table({"docid": [f"d{i}" for i in range(n)], "doc": ["x"] * n, "token_num": rng.integers(1, 9, n)})
+    with_lists, without = Index.create(tmp_path / "a", spec), Index.create(tmp_path / "b", spec, postings=False)
+    for index in (with_lists, without):
+        index.append(documents=docs, feature_arrays={"fwd_up": feats}, progress=False)
+    a, b = Index.open(tmp_path / "a"), Index.open(tmp_path / "b")
+    assert not b.has_postings and b.info()["postings"] is False
+    assert not list((tmp_path / "b").rglob("postings.*")) and list((tmp_path / "a").rglob("postings.*"))
+    target = feats[:5]
+    got = run_query(b, [target], top=10, plan="inverted")
+    assert got.plans[0].path == "scan" and "--no-postings" in got.plans[0].reason
+    assert got.table.column("docid").to_pylist() == run_query(a, [target], top=10).table.column("docid").to_pylist()
+    b.append(documents=pa.table({"docid": ["new"], "doc": ["y"], "token_num": [3]}),
+             feature_arrays={"fwd_up": feats[:1]}, progress=False)
+    b = Index.open(tmp_path / "b")
+    b.compact()
+    assert not list((tmp_path / "b").rglob("postings.*")) and Index.open(tmp_path / "b").num_documents == n + 1
