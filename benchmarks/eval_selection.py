@@ -46,7 +46,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from nagindex import baselines  # noqa: E402
+from nagindex.ranking import baselines  # noqa: E402
 from nagindex.errors import NagError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

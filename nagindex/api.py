@@ -20,10 +20,20 @@ from nagindex.engines import get_engine
 from nagindex.engines.base import ModelRef
 from nagindex.errors import NagError
 from nagindex.progress import silence_library_bars
+from nagindex.ranking.query import run_query
+from nagindex.schemas import (
+    BACKBONE_LOCATION_KEY,
+    DEFAULT_MAX_LENGTH,
+    DEFAULT_NEURON_TYPE,
+    DEFAULT_TOP_K,
+    UNKNOWN_HASH,
+    FeatureSpec,
+    parse_neuron_types,
+)
 from nagindex.sources import expand_sources, is_table_like
-from nagindex.schemas import DEFAULT_MAX_LENGTH, DEFAULT_NEURON_TYPE, DEFAULT_TOP_K, FeatureSpec
 from nagindex.store import ingest, writer
 from nagindex.store.index import IndexSnapshot, backbone_source
+from nagindex.store.verify import check_index
 from nagindex.store.writer import AppendResult
 
 __all__ = ["Index", "AppendResult"]
@@ -203,7 +213,6 @@ class Index(IndexSnapshot):
     def check(self):
         """Read every file and compare it with the manifest: a `store.verify.CheckReport`
         (`.ok`, `.problems`). Opening checks only sizes; this verifies every hash."""
-        from nagindex.store.verify import check_index
 
         return check_index(self)
 
@@ -219,7 +228,6 @@ class Index(IndexSnapshot):
 
     def run_query(self, targets=(), *, engine: Any = "local", **options):
         """`query` with its summary and plan: a `ranking.query.QueryResult`."""
-        from nagindex.ranking.query import run_query
 
         if not options.get("progress", False):
             silence_library_bars()
@@ -270,7 +278,6 @@ def _imported_spec(features: list, model: Any, neuron_types, top_k: int, max_len
     unknown weights hash, so only L, K and widths are compared later).
     """
     from nagindex.extraction.backbones import Backbone
-    from nagindex.schemas import parse_neuron_types
 
     file_spec = ingest.feature_file_spec(features)
     if isinstance(model, Backbone):
@@ -291,8 +298,12 @@ def _imported_spec(features: list, model: Any, neuron_types, top_k: int, max_len
 def upstream_spec(model: Any, neuron_types: tuple[str, ...], top_k: int, max_length: int,
                   num_layers: int | None, width: int | dict[str, int] | None) -> FeatureSpec:
     """The FeatureSpec of upstream NAG features: from the flags, else a local config of `model`."""
-    from nagindex.extraction.backbones import EMBEDDED_NAME, adapter_for, model_config, model_location
-    from nagindex.schemas import BACKBONE_LOCATION_KEY, UNKNOWN_HASH
+    from nagindex.extraction.backbones import (
+        EMBEDDED_NAME,
+        adapter_for,
+        model_config,
+        model_location,
+    )
 
     config = model_config(model) if model is not None else None
     if config is not None:

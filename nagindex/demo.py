@@ -29,7 +29,10 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from nagindex.api import Index
 from nagindex.errors import NagError, require_extra
+from nagindex.io import write_table_atomic
+from nagindex.ranking.query import Target, run_query
 from nagindex.schemas import DATASET, DOCID, TEXT
 
 DEMO_POOL = "demo_pool.parquet"
@@ -90,7 +93,6 @@ def domain_table(
 
 def _open_or_build(index_path: Path, backbone, progress: bool):
     """Reuse the index a previous demo left behind when it matches this backbone; else build one."""
-    from nagindex.api import Index
 
     pool = data_path(DEMO_POOL)
     n_pool = pq.read_metadata(pool).num_rows
@@ -163,8 +165,6 @@ def run_demo(
     """
     from nagindex.extraction.backbones import Backbone, load_backbone
     from nagindex.extraction.features import extract_texts
-    from nagindex.io import write_table_atomic
-    from nagindex.ranking.query import Target, run_query
 
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -125,3 +125,65 @@ def test_base_layer_needs_no_heavy_library(heavy):
             names = [a.name for n in top if isinstance(n, ast.Import) for a in n.names]
             names += [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]
             assert not any(x == heavy or x.startswith(heavy + ".") for x in names), f"{m} imports {heavy} at load time"
+
+
+# Third-party libraries whose import costs start-up time or memory: the only
+# reason an in-package import may sit inside a function is that the module it
+# imports loads one of these.
+HEAVY = ("torch", "transformers", "accelerate", "gguf", "lancedb", "lance", "faiss", "ray", "matplotlib",
+         "sklearn", "scipy", "numba", "tqdm", "sentence_transformers")
+
+
+def _top_level_imports(path: Path, known: set[str]) -> tuple[set[str], set[str]]:
+    """(nagindex modules, third-party top-level names) imported when the module loads."""
+    ours, theirs = set(), set()
+    for node in ast.parse(path.read_text()).body:
+        stmts = [node] if isinstance(node, (ast.Import, ast.ImportFrom)) else (
+            [n for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))] if isinstance(node, ast.Try) else [])
+        for s in stmts:
+            if isinstance(s, ast.Import):
+                for a in s.names:
+                    (ours if a.name.startswith("nagindex") else theirs).add(a.name.split(".")[0] if not a.name.startswith("nagindex") else a.name)
+            elif s.module:
+                if s.module.startswith("nagindex"):
+                    ours.update(f"{s.module}.{a.name}" if f"{s.module}.{a.name}" in known else s.module for a in s.names)
+                else:
+                    theirs.add(s.module.split(".")[0])
+    return ours, theirs
+
+
+def test_in_package_imports_are_lazy_only_for_heavy_libraries():
+    mods = modules()
+    known = set(mods)
+    parsed = {m: _top_level_imports(p, known) for m, p in mods.items()}
+
+    def heavy(m: str) -> set[str]:
+        """Heavy libraries loaded by importing `m`: every module reached through top-level imports."""
+        found, todo, seen = set(), [m], set()
+        while todo:
+            cur = todo.pop()
+            while cur not in mods and "." in cur:
+                cur = cur.rsplit(".", 1)[0]
+            if cur in seen or cur not in mods:
+                continue
+            seen.add(cur)
+            ours, theirs = parsed[cur]
+            found |= {t for t in theirs if t in HEAVY}
+            todo.extend(ours)
+        return found
+
+    light = []
+    for m, p in mods.items():
+        # the root re-exports Index lazily (`import nagindex` stays cheap for extraction workers), and a
+        # command module may defer what only its command needs (start-up time of every `nag` call)
+        if m == "nagindex" or m.startswith("nagindex.cli"):
+            continue
+        tree = ast.parse(p.read_text())
+        top = {id(n) for n in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nagindex") and id(node) not in top:
+                for a in node.names:
+                    target = f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
+                    if not heavy(target):
+                        light.append(f"{m}:{node.lineno} imports {target} inside a function; it loads no heavy library")
+    assert not light, "\n".join(sorted(light))

@@ -6,10 +6,11 @@ from typing import Any
 
 import numpy as np
 
+from nagindex.analysis.views import PoolView, pool_view, target_profile
 from nagindex.errors import NagError
 from nagindex.ranking import scoring
+from nagindex.ranking.selection import check_fraction, rank_order, select_budget
 from nagindex.schemas import DEFAULT_NEURON_TYPE
-from nagindex.analysis.views import PoolView, pool_view, target_profile
 
 
 def layer_contributions(features: np.ndarray, weights: np.ndarray, top_k: int) -> np.ndarray:
@@ -63,7 +64,6 @@ def per_layer_denominator(denominator: int, num_layers: int) -> int:
 
 def ranking(scores: np.ndarray, docids: np.ndarray) -> np.ndarray:
     """Row order of the ranking: score descending (= nag_distance ascending), docid ascending."""
-    from nagindex.ranking.selection import rank_order
 
     return rank_order(np.asarray(scores, dtype=np.int64), np.asarray(docids, dtype=object))
 
@@ -71,7 +71,6 @@ def ranking(scores: np.ndarray, docids: np.ndarray) -> np.ndarray:
 def budget_count(order: np.ndarray, token_num: np.ndarray, fraction: float) -> int:
     """How many rows of `order` the token budget keeps (SPEC 3): the longest prefix whose
     cumulative token_num <= floor(total * fraction), at least one row."""
-    from nagindex.ranking.selection import check_fraction, select_budget
 
     check_fraction(fraction)
     return select_budget(np.asarray(token_num, dtype=np.int64)[order], fraction)

@@ -9,8 +9,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from nagindex.errors import NagError
-from nagindex.schemas import DEFAULT_NEURON_TYPE
-
+from nagindex.ranking.query import load_feature_target, load_text_target
+from nagindex.ranking.scoring import build_profile
+from nagindex.schemas import DATASET, DEFAULT_NEURON_TYPE
+from nagindex.sources import is_table_like
 
 
 @dataclass
@@ -40,7 +42,6 @@ NO_LABEL = "(none)"
 
 def pool_view(index: Any, neuron_type: str = DEFAULT_NEURON_TYPE, *, labels: bool = True) -> PoolView:
     """The live rows of an `Index`: features, docids, token counts and `dataset` labels."""
-    from nagindex.schemas import DATASET
 
     spec = index.spec
     width = spec.width(neuron_type)
@@ -91,8 +92,6 @@ def target_features_for(
     The reading itself is `nagindex.ranking.query`'s, so every command takes its
     target exactly as `nag query` does.
     """
-    from nagindex.ranking.query import load_feature_target, load_text_target
-    from nagindex.sources import is_table_like
 
     if isinstance(targets, (str, os.PathLike)) or is_table_like(targets):
         targets = [targets]
@@ -125,7 +124,6 @@ def target_features_for(
 
 def target_profile(index: Any, target_features: np.ndarray, neuron_type: str = DEFAULT_NEURON_TYPE, power: float = 1.0):
     """The SPEC 2 profile (integer weights over all layers) of `target_features` for this index."""
-    from nagindex.ranking.scoring import build_profile
 
     spec = index.spec
     return build_profile(

@@ -10,6 +10,9 @@ extra (``pip install 'nagindex[ray]'``), imported only when asked for.
 
 from __future__ import annotations
 
+from nagindex.engines.base import Engine
+from nagindex.engines.local import LocalEngine
+from nagindex.engines.ray import RayEngine
 from nagindex.errors import NagError
 
 ENGINES: tuple[str, ...] = ("local", "ray")
@@ -41,7 +44,6 @@ def ray_available() -> bool:
 
 def get_engine(engine=None):
     """The engine of that name (None: the default), or an Engine instance as given."""
-    from nagindex.engines.base import Engine
 
     if isinstance(engine, Engine):
         return engine
@@ -49,10 +51,8 @@ def get_engine(engine=None):
     if name == "ray":
         if not ray_available():
             raise NagError(RAY_MISSING)
-        from nagindex.engines.ray import RayEngine
 
         return RayEngine()
-    from nagindex.engines.local import LocalEngine
 
     return LocalEngine()
 

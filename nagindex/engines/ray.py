@@ -29,9 +29,21 @@ import numpy as np
 
 from nagindex.engines.base import Engine, ModelRef
 from nagindex.errors import NagError
+from nagindex.ranking import scoring
 from nagindex.ranking.inverted import Candidates
+from nagindex.ranking.planner import Plan, PlannedCandidates
 from nagindex.ranking.selection import block_candidates
-from nagindex.schemas import DEFAULT_MAX_LENGTH, DEFAULT_NEURON_TYPE, DEFAULT_TOP_K
+from nagindex.schemas import (
+    DEFAULT_MAX_LENGTH,
+    DEFAULT_NEURON_TYPE,
+    DEFAULT_TOP_K,
+    TOKEN_NUM,
+    FeatureSpec,
+    feature_column,
+    parse_neuron_types,
+)
+from nagindex.schemas import ROW as ROW_COL
+from nagindex.store import ingest
 
 # Column that carries each row's position in the input through Ray Data.
 ROW = "_nag_row"
@@ -182,7 +194,6 @@ class FeatureExtractor:
             # Ray pins OMP_NUM_THREADS to the actor's CPUs; say it to torch too.
             torch.set_num_threads(max(1, int(threads)))
         from nagindex.extraction.features import feature_spec
-        from nagindex.schemas import FeatureSpec
 
         self.backbone = source.load(device)
         mine = feature_spec(self.backbone, neuron_types, top_k, max_length)
@@ -195,9 +206,7 @@ class FeatureExtractor:
     def __call__(self, batch):
         import pyarrow as pa
 
-        from nagindex.store import ingest
         from nagindex.extraction.features import count_tokens, extract_texts
-        from nagindex.schemas import TOKEN_NUM
 
         texts = batch.column(self.text_column).to_pylist()
         spec = self.spec
@@ -289,7 +298,6 @@ def extract_batches(
 
     if spec is not None:
         neuron_types, top_k, max_length = spec.neuron_types, spec.top_k, spec.max_length
-    from nagindex.schemas import parse_neuron_types
 
     neuron_types = parse_neuron_types(neuron_types or (DEFAULT_NEURON_TYPE,))
     top_k = DEFAULT_TOP_K if top_k is None else int(top_k)
@@ -353,7 +361,6 @@ def extract_batches(
             expected += len(rows)
             docs, feats = split_features(out.drop_columns([ROW]), neuron_types)
             if spec is not None:
-                from nagindex.store import ingest
 
                 feats = ingest.check_features(feats, spec, docs.num_rows, "extracted features")
             yield docs, feats
@@ -402,7 +409,6 @@ def extract_features(
         texts = texts.to_pylist()
     texts = list(texts)
     n = len(texts)
-    from nagindex.schemas import parse_neuron_types
 
     neuron_types = parse_neuron_types(neuron_types)
     # Blocks: big enough for length bucketing, several per actor (balance).
@@ -437,7 +443,6 @@ def remote_feature_spec(
     the first append. Loads the model on a CPU worker (the weights hash does
     not depend on device or dtype).
     """
-    from nagindex.schemas import FeatureSpec, parse_neuron_types
 
     neuron_types = parse_neuron_types(neuron_types)
     if _is_backbone(model):
@@ -489,7 +494,6 @@ class _BlockScorer:
     def __call__(self, batch) -> dict[str, np.ndarray]:
         import pyarrow.compute as pc
 
-        from nagindex.ranking import scoring
 
         rows = batch.column(self.row_col).to_numpy()
         live = ~np.isin(rows, self.dead) if len(self.dead) else np.ones(len(rows), dtype=bool)
@@ -533,7 +537,6 @@ def scan_candidates(
     and the cut happen there, over a superset of the answer, so the selection
     is exactly the local engine's.
     """
-    from nagindex.schemas import ROW as ROW_COL, TOKEN_NUM, feature_column
 
     m = len(profiles)
     tops = list(tops) if tops is not None else [None] * m
@@ -601,7 +604,6 @@ class RayEngine(Engine):
         return extract_batches(documents, model=model.source, spec=spec, batch_size=batch_size, address=self.address)
 
     def candidates(self, index, profiles, neuron_type, request):
-        from nagindex.ranking.planner import Plan, PlannedCandidates
 
         # the cluster keeps a proven superset of each answer; the selection
         # (tie-break, cut) is the local one. The quality combination needs every row.

@@ -18,10 +18,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from nagindex import io as nio
 from nagindex.errors import NagError
 from nagindex.extraction.backbones import Backbone, load_backbone
 from nagindex.extraction.features import count_tokens, extract_texts, feature_spec
-from nagindex.schemas import DEFAULT_MAX_LENGTH, DEFAULT_NEURON_TYPE, DEFAULT_TOP_K, FeatureSpec, parse_neuron_types
+from nagindex.progress import silence_library_bars
+from nagindex.schemas import (
+    DEFAULT_MAX_LENGTH,
+    DEFAULT_NEURON_TYPE,
+    DEFAULT_TOP_K,
+    FeatureSpec,
+    parse_neuron_types,
+)
 
 JOB_METADATA_KEY = b"nagindex.extract_job"
 DEFAULT_SHARD_SIZE = 10_000
@@ -96,8 +104,6 @@ def extract_files(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from nagindex import io as nio
-    from nagindex.progress import silence_library_bars
 
     if not progress:
         silence_library_bars()
@@ -212,7 +218,6 @@ def _fill_token_num(backbone: Backbone, texts: list[str], token_num: np.ndarray 
 def _maybe_export(out: Path, export_jsonl: str | os.PathLike | None, spec: FeatureSpec) -> None:
     if export_jsonl is None:
         return
-    from nagindex import io as nio
 
     table, file_spec = nio.read_feature_files([out])
     feats = nio.features_from_table(table, file_spec or spec)

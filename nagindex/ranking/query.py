@@ -21,10 +21,23 @@ import pyarrow.compute as pc
 
 from nagindex.errors import NagError
 from nagindex.ranking import scoring, selection
-from nagindex.schemas import DATASET, DEFAULT_NEURON_TYPE, DOCID, TEXT, TOKEN_NUM, feature_column
 from nagindex.ranking.planner import PLANS, CandidateRequest, Plan, local_candidates
 from nagindex.ranking.scan import live_rows, pool_neuron_counts
-from nagindex.ranking.targets import Target, as_target, load_feature_target, load_text_target
+from nagindex.ranking.targets import (
+    Target,
+    as_target,
+    load_feature_target,
+    load_text_target,
+)
+from nagindex.schemas import (
+    DATASET,
+    DEFAULT_NEURON_TYPE,
+    DOCID,
+    TEXT,
+    TOKEN_NUM,
+    feature_column,
+)
+from nagindex.sources import is_table_like
 
 DEFAULT_FRACTION = 0.2
 
@@ -157,7 +170,6 @@ def load_targets(index, targets, target_features, *, neuron_type: str, target_fi
     Targets are named after their files (stem), or `texts`/the dict keys;
     a name that repeats gets ``#2``, ``#3``...
     """
-    from nagindex.sources import is_table_like
 
     if isinstance(targets, (np.ndarray, Target, str, os.PathLike)) or is_table_like(targets):
         targets = [targets]  # one target given bare

@@ -11,6 +11,7 @@ import numpy as np
 
 from nagindex.errors import NagError
 from nagindex.ranking import scoring
+from nagindex.store.segment import gather_rows
 
 SCAN_BLOCK_ROWS = 65536
 
@@ -39,7 +40,6 @@ def pool_neuron_counts(index, neuron_type: str, live: np.ndarray) -> np.ndarray:
 
 def read_rows(index, neuron_type: str, rows: np.ndarray) -> np.ndarray:
     """Feature rows at sorted global `rows`, gathered from the segments."""
-    from nagindex.store.segment import gather_rows
 
     return gather_rows(index.feature_segments(neuron_type), rows, index.spec.feature_length)
 

@@ -12,7 +12,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nagindex.errors import NagError
+from nagindex.io import features_from_table, read_feature_files
 from nagindex.schemas import DATASET, TEXT, feature_column
+from nagindex.sources import read_documents, source_name, texts_table
 
 
 @dataclass
@@ -54,7 +56,6 @@ def load_text_target(index, source, *, neuron_type: str, target_filter=None, tar
     `texts`, strings given as such) and extract their NAG with the index's own
     backbone and settings (K, max_length)."""
     from nagindex.extraction.features import extract_texts
-    from nagindex.sources import read_documents, source_name, texts_table
 
     if texts is not None:
         name = name or "texts"
@@ -82,8 +83,6 @@ def load_feature_target(index, source, *, neuron_type: str, target_filter=None,
                         target_filter_col=DATASET) -> Target:
     """Read precomputed target features (nagindex parquet or upstream JSONL)
     after checking they were made like the index's."""
-    from nagindex.io import features_from_table, read_feature_files
-    from nagindex.sources import source_name
 
     paths = _expand(source) if not isinstance(source, (list, tuple)) else [p for s in source for p in _expand(s)]
     name = source_name(source)

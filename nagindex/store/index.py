@@ -31,9 +31,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nagindex.errors import NagError
-from nagindex.schemas import DEFAULT_NEURON_TYPE, ROW, UNKNOWN_HASH, FeatureSpec, feature_column, index_schema
+from nagindex.schemas import (
+    DEFAULT_NEURON_TYPE,
+    ROW,
+    UNKNOWN_HASH,
+    FeatureSpec,
+    feature_column,
+    index_schema,
+)
 from nagindex.store import checksums
 from nagindex.store.manifest import Manifest, read_manifest
+from nagindex.store.postings import StackedPostingLists, stack_postings
 from nagindex.store.segment import Segment, gather_rows
 
 # Lance logs "No existing dataset ... will be created" as a warning on every new table.
@@ -226,7 +234,6 @@ class IndexSnapshot:
 
     def postings(self, neuron_type: str = DEFAULT_NEURON_TYPE):
         """FAISS inverted lists over all segments: list id = layer * width + neuron, ids = global rows."""
-        from nagindex.store.postings import stack_postings
 
         self.spec.width(neuron_type)
         if not self._segments:
@@ -242,7 +249,6 @@ class IndexSnapshot:
 
     def posting_lists(self, neuron_type: str = DEFAULT_NEURON_TYPE):
         """The same lists read with numpy (`postings.StackedPostingLists`): `sizes()`, `ids(list_no)`."""
-        from nagindex.store.postings import StackedPostingLists
 
         if not self.has_postings:
             raise NagError(f"index {self.path} has no inverted lists (built with --no-postings)")

@@ -21,8 +21,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from nagindex.errors import NagError
-from nagindex.io import check_unique_docids, normalize_documents, set_column, token_num_column
+from nagindex.io import (
+    check_unique_docids,
+    normalize_documents,
+    read_feature_files,
+    set_column,
+    token_num_column,
+)
 from nagindex.schemas import DOCID, TEXT, TOKEN_NUM, FeatureSpec, feature_column
+from nagindex.sources import count_rows as count
+from nagindex.sources import document_batches as batches
 
 Features = dict[str, np.ndarray]
 
@@ -146,7 +154,6 @@ def _is_jsonl(path: Path) -> bool:
 
 def iter_feature_tables(paths: Sequence[str | os.PathLike], batch_rows: int) -> Iterator[pa.Table]:
     """Feature tables (docid + feature columns) streamed from parquet, whole from JSONL."""
-    from nagindex.io import read_feature_files
 
     for p in map(Path, paths):
         if _is_jsonl(p):
@@ -225,7 +232,6 @@ def join_features(
 
 def count_rows(sources: Sequence) -> int | None:
     """Total documents of the pools (for the progress bar), None when unknown."""
-    from nagindex.sources import count_rows as count
 
     return count(sources)
 
@@ -233,7 +239,6 @@ def count_rows(sources: Sequence) -> int | None:
 def document_batches(sources: Sequence, fmt: str, batch_rows: int, require_text: bool) -> Iterator[pa.Table]:
     """Pool documents streamed in batches (files of any format `io` reads, or tables in memory,
     as `sources.expand_sources` lists them), normalised."""
-    from nagindex.sources import document_batches as batches
 
     for table in batches(sources, fmt, batch_rows, require_text=require_text):
         yield normalize_documents(table, "pool")
