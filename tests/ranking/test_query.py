@@ -536,7 +536,7 @@ def test_each_target_selects_as_if_queried_alone(case, m, plan, quality):
     assert names == sorted(names, key=[f"target{i}" for i in range(m)].index)  # in target order
     for i, target in enumerate(targets):
         alone = Q.run_query(index, [target], **kw).table
-        mine = both.filter(pa.array([t == f"target{i}" for t in names]))
+        mine = both.filter(pa.array([t == f"target{i}" for t in names], pa.bool_()))
         for col in ("docid", "nag_distance", "token_num") + (("combined_score",) if quality else ()):
             assert mine.column(col).to_pylist() == alone.column(col).to_pylist(), (i, col)
 
