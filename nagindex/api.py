@@ -205,6 +205,18 @@ class Index(IndexSnapshot):
         return writer.append_batches(self, writer.checked_batches(batches, self.spec), replace=replace,
                                      count_tokens=self._token_counter(None), progress=progress, total=total)
 
+    def tag(self, name: str, version: int | str | None = None) -> int:
+        """Name a version (default: the current one); compaction keeps tagged versions
+        readable with `Index.open(path, version=name)`. Returns the version number."""
+        return writer.tag(self, name, version)
+
+    def versions(self) -> list[dict]:
+        """Every readable version, oldest first: version, committed_at, documents, rows,
+        segments, lance_table, lance_version, tags."""
+        from nagindex.store import versions
+
+        return versions.listing(self.path)
+
     def compact(self, progress: bool = False) -> None:
         """Fold all segments into as few as possible, drop replaced rows, and rewrite the
         Lance table compactly. Query results do not change; readers must reopen."""

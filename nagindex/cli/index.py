@@ -174,6 +174,7 @@ def info(
         ("neuron types", ", ".join(f"{t} (width {d['layer_widths'][t]})" for t in d["neuron_types"])),
         ("max length", d["max_length"]),
         ("columns", ", ".join(d["columns"])),
+        ("version", f"{d['version']}" + (f" (tags: {', '.join(d['tags'])})" if d["tags"] else "")),
         ("lance", f"table {d['lance_table']} version {d['lance_version']}"),
         ("segments", f"{d['segments']} ({d['deltas_pending']} deltas pending compaction)"),
         ("schema version", d["schema_version"]),
@@ -230,3 +231,36 @@ def check(
         typer.echo(f"damaged: {problem}", err=True)
     typer.echo(f"{index_dir}: {len(report.problems)} problem(s); restore the index from a copy or rebuild it", err=True)
     raise typer.Exit(1)
+
+
+@index_app.command("tag")
+def tag(
+    index_dir: Path = typer.Argument(..., help="An index made by `nag index build`."),
+    name: str = typer.Argument(..., help="The tag: any name that is not a number."),
+    version: Optional[str] = typer.Option(None, "--version", help="Version to tag (a number from `nag index "
+                                          "versions`, or another tag). Default: the current one."),
+) -> None:
+    """Name a version of INDEX_DIR, so that it stays readable after compaction
+    (`nag query INDEX_DIR --as-of NAME ...`)."""
+    from nagindex.api import Index
+
+    number = Index.open(index_dir).tag(name, version)
+    typer.echo(f"tagged version {number} of {index_dir} as {name}")
+
+
+@index_app.command("versions")
+def versions_cmd(
+    index_dir: Path = typer.Argument(..., help="An index made by `nag index build`."),
+    as_json: bool = typer.Option(False, "--json", help="Print the versions as one JSON list."),
+) -> None:
+    """The readable versions of INDEX_DIR: every commit since the last compaction, and tagged ones."""
+    from nagindex.api import Index
+
+    rows = Index.open(index_dir).versions()
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    typer.echo(f"{'version':>8}  {'committed (UTC)':<20}  {'documents':>10}  {'lance':<18}  tags")
+    for r in rows:
+        lance = f"{r['lance_table']}@{r['lance_version']}" if r["lance_version"] is not None else "-"
+        typer.echo(f"{r['version']:>8}  {r['committed_at']:<20}  {r['documents']:>10}  {lance:<18}  {', '.join(r['tags'])}")

@@ -112,6 +112,8 @@ def query(
                               "--top, not a share of it), all from one pass over the pool; the output holds every "
                               "selection with a target column naming it. Default: several TARGETs make one mixture."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object instead of text."),
+    as_of: Optional[str] = typer.Option(None, "--as-of", help="Query the index as it was at this version (a number "
+                                        "from `nag index versions`, or a tag from `nag index tag`). Default: the current one."),
 ) -> None:
     """Rank the pool of INDEX_DIR against TARGET documents and write the selection.
 
@@ -123,7 +125,7 @@ def query(
     if not targets and not target_features:
         raise NagError("give at least one TARGET file or --target-features")
     _check_output(out)
-    result = Index.open(index_dir, model=model).run_query(
+    result = Index.open(index_dir, model=model, version=as_of).run_query(
         [str(t) for t in targets or []],
         target_features=[str(f) for f in target_features or []],
         target_filter=[None if f == "-" else f for f in target_filter] if target_filter else None,

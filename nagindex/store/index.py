@@ -119,6 +119,8 @@ class IndexSnapshot:
 
     segment_rows: int = SEGMENT_ROWS
     batch_rows: int = BATCH_ROWS
+    # the generation of a past version this snapshot was opened at (read-only), else None
+    pinned_version: int | None = None
 
     def __init__(self, path: str | os.PathLike, manifest: Manifest, model=None):
         self.path = Path(path)
@@ -154,14 +156,28 @@ class IndexSnapshot:
         self._token_num = None
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, model=None) -> "IndexSnapshot":
-        """Open the index at `path` read-only, pinned to its current committed state.
+    def open(cls, path: str | os.PathLike, *, model=None, version: int | str | None = None) -> "IndexSnapshot":
+        """Open the index at `path` read-only, pinned to its current committed state,
+        or with `version` (a version number or tag, see `nag index versions`) to
+        the state it had then; an index opened at a past version cannot be written.
 
         `model` (a path, hub id, ``embedded`` or a loaded Backbone) replaces the
         recorded backbone location when text must be extracted; its weights
         are checked against the index's.
         """
         path = Path(path)
+        if version is not None:
+            from nagindex.store import versions
+
+            read_manifest(path)  # a clear error when `path` is no index
+            past = versions.resolve(path, version)
+            try:
+                snapshot = cls(path, past, model=model)
+            except LANCE_ERRORS as e:
+                raise NagError(f"version {version} of {path} is not readable any more ({first_line(e)})") from None
+            if past.generation != read_manifest(path).generation:
+                snapshot.pinned_version = past.generation
+            return snapshot
         last_error: Exception | None = None
         for _ in range(5):
             manifest = read_manifest(path)
@@ -398,6 +414,8 @@ class IndexSnapshot:
             "max_length": spec.max_length,
             "schema_version": m.schema_version,
             "generation": m.generation,
+            "version": m.generation,
+            "tags": sorted(name for name, g in _tags(self.path).items() if g == m.generation),
             "lance_table": m.lance_table,
             "lance_version": m.lance_version,
             "segments": len(m.segments),
@@ -437,6 +455,12 @@ def deleted_rows_problem(deleted: np.ndarray, expected: int, num_rows: int) -> s
     if len(deleted) and (int(deleted[0]) < 0 or int(deleted[-1]) >= num_rows or bool(np.any(np.diff(deleted) <= 0))):
         return f"lists rows outside 0..{num_rows - 1} or out of order"
     return None
+
+
+def _tags(path: Path) -> dict[str, int]:
+    from nagindex.store import versions
+
+    return versions.tags(path)
 
 
 class _LanceReader:

@@ -53,6 +53,7 @@ from nagindex.store.manifest import (
     write_manifest,
 )
 from nagindex.store.segment import TMP_PREFIX, SegmentWriter
+from nagindex.store import versions as index_versions
 
 Features = dict[str, np.ndarray]
 Batches = Iterable[tuple[pa.Table, Features]]
@@ -112,7 +113,7 @@ def create_index(path: str | os.PathLike, spec: FeatureSpec, *, postings: bool =
         path.mkdir(parents=True, exist_ok=True)
         (path / SEGMENTS_DIR).mkdir(exist_ok=True)
         (path / LOCK_NAME).touch()
-        write_manifest(path, Manifest(spec=spec, postings=postings))
+        commit(path, Manifest(spec=spec, postings=postings))
     except OSError as e:
         raise NagError(os_error_message(e, path, "creating")) from None
     return path
@@ -122,6 +123,9 @@ def create_index(path: str | os.PathLike, spec: FeatureSpec, *, postings: bool =
 def locked(index: IndexSnapshot, action: str) -> Iterator[Manifest]:
     """Hold the write lock, repair leftovers of a crashed writer, and yield the current
     manifest, with `index` moved to it if another writer committed since it was opened."""
+    if index.pinned_version is not None and action != "tagging":
+        raise NagError(f"{index.path} is open at its past version {index.pinned_version}, read-only; "
+                       "open it without a version to change it")
     if not os.access(index.path, os.W_OK):
         raise NagError(f"no permission to write to {index.path}")
     try:
@@ -142,6 +146,22 @@ def locked(index: IndexSnapshot, action: str) -> Iterator[Manifest]:
         os.close(fd)
 
 
+def commit(path: Path, manifest: Manifest) -> None:
+    """Make `manifest` the index's state (the manifest write is the commit) and keep it as a version."""
+    write_manifest(path, manifest)
+    index_versions.record(path, manifest)
+
+
+def tag(index: IndexSnapshot, name: str, version: int | str | None = None) -> int:
+    """Name a version (default: the current one) so that compaction keeps it readable;
+    returns its number."""
+    index_versions.check_tag_name(name)
+    with locked(index, "tagging") as manifest:
+        generation = manifest.generation if version is None else index_versions.resolve(index.path, version).generation
+        index_versions.set_tag(index.path, name, generation)
+    return generation
+
+
 def recover(path: Path, manifest: Manifest) -> None:
     """Undo whatever a writer of this index that died before committing left behind.
 
@@ -150,7 +170,9 @@ def recover(path: Path, manifest: Manifest) -> None:
     is missing, the index is damaged and nothing is removed. Then only what
     a writer makes and no commit names goes: segment directories and their
     temporaries, deleted-row files, temporary files, and the Lance tables a
-    first append or a compaction created. Any other file is left alone.
+    first append or a compaction created, unless a kept version (`versions`:
+    every commit since the last compaction, and tagged ones) names them. Any
+    other file is left alone.
     """
     import lancedb
 
@@ -164,17 +186,21 @@ def recover(path: Path, manifest: Manifest) -> None:
         raise damaged(path, f"its Lance table {manifest.lance_table}.lance cannot be read ({first_line(e)})") from None
     segments_dir = path / SEGMENTS_DIR
     segments_dir.mkdir(exist_ok=True)
-    committed = {s.name for s in manifest.segments}
+    index_versions.record(path, manifest)  # an index made before versions were kept, or a crash after a commit
+    kept = index_versions.kept(path, manifest)
+    committed = {s.name for m in kept for s in m.segments}
+    deleted_files = {m.deleted_file for m in kept if m.deleted_file}
+    kept_tables = {m.lance_table for m in kept if m.lance_version is not None}
     for entry in segments_dir.iterdir():
         ours = SEGMENT_NAME.fullmatch(entry.name) or entry.name.startswith(TMP_PREFIX)
         if ours and entry.name not in committed:
             shutil.rmtree(entry, ignore_errors=True)
     for entry in path.iterdir():
-        stale_deleted = DELETED_FILE_NAME.fullmatch(entry.name) and entry.name != manifest.deleted_file
+        stale_deleted = DELETED_FILE_NAME.fullmatch(entry.name) and entry.name not in deleted_files
         if entry.is_file() and (stale_deleted or is_temporary(entry.name)):
             entry.unlink(missing_ok=True)
     for name in tables:
-        if LANCE_TABLE_NAME.fullmatch(name) and (name != manifest.lance_table or manifest.lance_version is None):
+        if LANCE_TABLE_NAME.fullmatch(name) and name not in kept_tables:
             db.drop_table(name)  # a table no commit refers to (a crashed compaction or first append)
     if committed_table is not None and committed_table.version != manifest.lance_version:
         committed_table.restore(manifest.lance_version)  # rows added after the last commit
@@ -370,7 +396,7 @@ def _append_locked(index, manifest: Manifest, batches: Batches, replace: bool, c
             next_segment=filler.next_segment,
             base_segments=len(new_refs) if manifest.num_rows == 0 else manifest.base_segments,
         )
-        write_manifest(index.path, new)
+        commit(index.path, new)
     except BaseException as exc:
         filler.abort()
         if new_deleted_file:
@@ -458,7 +484,7 @@ def compact(index: IndexSnapshot, progress: bool = False) -> None:
                 next_segment=filler.next_segment,
                 base_segments=len(new_refs),
             )
-            write_manifest(index.path, new)
+            commit(index.path, new)
         except BaseException as exc:
             filler.abort()
             try:
@@ -469,8 +495,9 @@ def compact(index: IndexSnapshot, progress: bool = False) -> None:
             if _write_failure(exc):
                 raise NagError(os_error_message(exc, index.path, "compacting")) from exc
             raise
-        # the old files are no longer committed: remove them now
+        # the old files are no longer committed: remove them now, but those of tagged versions
         index._load(new)
+        index_versions.forget_untagged(index.path, new)
         recover(index.path, new)
 
 

@@ -1,0 +1,134 @@
+"""Versions of an index: every commit's manifest kept, names (tags) for some, and what they keep alive.
+
+Each commit (a build, an append, a compaction) is one version, numbered by the
+manifest's generation. Its manifest is copied to ``versions/NNNNNN.json``
+once committed, so that `IndexSnapshot.open(path, version=...)` can read the
+index as it was: segments are immutable, Lance keeps every table version, and
+replaced-row files are named by generation.
+
+A version stays readable while the files its manifest names exist. Appends
+remove nothing. Compaction folds the segments into new ones and switches to a
+new Lance table; afterwards it keeps the files of tagged versions (and of the
+new one) and forgets the other versions. ``tags.json`` maps names to
+generations.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from nagindex.atomic import atomic_write_text
+from nagindex.errors import NagError
+from nagindex.store.manifest import Manifest
+
+VERSIONS_DIR = "versions"
+TAGS_NAME = "tags.json"
+
+
+def _version_path(index_dir: Path, generation: int) -> Path:
+    return Path(index_dir) / VERSIONS_DIR / f"{generation:06d}.json"
+
+
+def record(index_dir: Path, manifest: Manifest) -> None:
+    """Keep a copy of a committed manifest (idempotent)."""
+    path = _version_path(index_dir, manifest.generation)
+    if path.is_file():
+        return
+    d = manifest.to_dict()
+    d["committed_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    atomic_write_text(path, json.dumps(d, indent=1, sort_keys=True))
+
+
+def _read(path: Path) -> tuple[Manifest, str]:
+    try:
+        d = json.loads(path.read_text())
+        return Manifest.from_dict(d), str(d.get("committed_at", ""))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise NagError(f"cannot read version file {path}: {exc}") from None
+
+
+def generations(index_dir: Path) -> list[int]:
+    """Generations with a recorded manifest, oldest first."""
+    folder = Path(index_dir) / VERSIONS_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.stem) for p in folder.glob("*.json") if p.stem.isdigit())
+
+
+def tags(index_dir: Path) -> dict[str, int]:
+    """{tag name: generation}."""
+    path = Path(index_dir) / TAGS_NAME
+    if not path.is_file():
+        return {}
+    try:
+        return {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
+    except (OSError, ValueError, AttributeError) as exc:
+        raise NagError(f"cannot read {path}: {exc}") from None
+
+
+def check_tag_name(name: str) -> None:
+    if not name or name.isdigit() or any(ch in name for ch in "/\\\n"):
+        raise NagError(f"tag {name!r}: give a name that is not a number and has no slash (versions are numbers)")
+
+
+def set_tag(index_dir: Path, name: str, generation: int) -> None:
+    """Name a recorded version (the caller holds the write lock)."""
+    check_tag_name(name)
+    if generation not in generations(index_dir):
+        raise NagError(f"version {generation} of {index_dir} is not readable any more (see `nag index versions`)")
+    current = tags(index_dir)
+    current[name] = int(generation)
+    atomic_write_text(Path(index_dir) / TAGS_NAME, json.dumps(current, indent=1, sort_keys=True) + "\n")
+
+
+def resolve(index_dir: Path, version: int | str) -> Manifest:
+    """The manifest of a version given by number or tag name."""
+    text = str(version).strip()
+    named = tags(index_dir)
+    if text in named:
+        generation = named[text]
+    elif text.lstrip("v").isdigit():
+        generation = int(text.lstrip("v"))
+    else:
+        raise NagError(f"unknown version {version!r}: give a version number or a tag "
+                       f"({', '.join(sorted(named)) or 'this index has no tags'})")
+    path = _version_path(index_dir, generation)
+    if not path.is_file():
+        known = generations(index_dir)
+        raise NagError(f"version {generation} of {index_dir} is not readable (readable: "
+                       f"{', '.join(map(str, known)) or 'none'}; compaction keeps only tagged versions)")
+    return _read(path)[0]
+
+
+def listing(index_dir: Path) -> list[dict]:
+    """Every readable version, oldest first: number, time, documents, Lance version, tags."""
+    by_generation: dict[int, list[str]] = {}
+    for name, generation in tags(index_dir).items():
+        by_generation.setdefault(generation, []).append(name)
+    out = []
+    for generation in generations(index_dir):
+        manifest, committed_at = _read(_version_path(index_dir, generation))
+        out.append({"version": generation, "committed_at": committed_at, "documents": manifest.num_live,
+                    "rows": manifest.num_rows, "segments": len(manifest.segments),
+                    "lance_table": manifest.lance_table, "lance_version": manifest.lance_version,
+                    "tags": sorted(by_generation.get(generation, []))})
+    return out
+
+
+def kept(index_dir: Path, current: Manifest) -> list[Manifest]:
+    """The manifests whose files must stay: the current one and every recorded version."""
+    out = [current]
+    for generation in generations(index_dir):
+        if generation != current.generation:
+            out.append(_read(_version_path(index_dir, generation))[0])
+    return out
+
+
+def forget_untagged(index_dir: Path, current: Manifest) -> None:
+    """After a compaction: forget every version but the tagged ones and `current`."""
+    keep = set(tags(index_dir).values()) | {current.generation}
+    for generation in generations(index_dir):
+        if generation not in keep:
+            _version_path(index_dir, generation).unlink(missing_ok=True)
