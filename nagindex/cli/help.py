@@ -20,6 +20,7 @@ EXAMPLES = {
     "index append": "nag index append idx new/ --json",
     "index info": "nag index info idx --json",
     "index compact": "nag index compact idx",
+    "index check": "nag index check idx",
     "index tag": "nag index tag idx paper-run",
     "index versions": "nag index versions idx",
     "deactivate keys": "nag deactivate keys idx arc_train.jsonl --out keys.json",
