@@ -32,6 +32,7 @@ from nagindex.schemas import (
 )
 from nagindex.sources import expand_sources, is_table_like
 from nagindex.store import ingest, writer
+from nagindex.store import versions as index_versions
 from nagindex.store.index import IndexSnapshot, backbone_source
 from nagindex.store.verify import check_index
 from nagindex.store.writer import AppendResult
@@ -213,9 +214,7 @@ class Index(IndexSnapshot):
     def versions(self) -> list[dict]:
         """Every readable version, oldest first: version, committed_at, documents, rows,
         segments, lance_table, lance_version, tags."""
-        from nagindex.store import versions
-
-        return versions.listing(self.path)
+        return index_versions.listing(self.path)
 
     def compact(self, progress: bool = False) -> None:
         """Fold all segments into as few as possible, drop replaced rows, and rewrite the

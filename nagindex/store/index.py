@@ -40,6 +40,7 @@ from nagindex.schemas import (
     index_schema,
 )
 from nagindex.store import checksums
+from nagindex.store import versions as index_versions
 from nagindex.store.manifest import Manifest, read_manifest
 from nagindex.store.postings import StackedPostingLists, stack_postings
 from nagindex.store.segment import Segment, gather_rows
@@ -167,10 +168,8 @@ class IndexSnapshot:
         """
         path = Path(path)
         if version is not None:
-            from nagindex.store import versions
-
             read_manifest(path)  # a clear error when `path` is no index
-            past = versions.resolve(path, version)
+            past = index_versions.resolve(path, version)
             try:
                 snapshot = cls(path, past, model=model)
             except LANCE_ERRORS as e:
@@ -415,7 +414,7 @@ class IndexSnapshot:
             "schema_version": m.schema_version,
             "generation": m.generation,
             "version": m.generation,
-            "tags": sorted(name for name, g in _tags(self.path).items() if g == m.generation),
+            "tags": sorted(name for name, g in index_versions.tags(self.path).items() if g == m.generation),
             "lance_table": m.lance_table,
             "lance_version": m.lance_version,
             "segments": len(m.segments),
@@ -455,12 +454,6 @@ def deleted_rows_problem(deleted: np.ndarray, expected: int, num_rows: int) -> s
     if len(deleted) and (int(deleted[0]) < 0 or int(deleted[-1]) >= num_rows or bool(np.any(np.diff(deleted) <= 0))):
         return f"lists rows outside 0..{num_rows - 1} or out of order"
     return None
-
-
-def _tags(path: Path) -> dict[str, int]:
-    from nagindex.store import versions
-
-    return versions.tags(path)
 
 
 class _LanceReader:
