@@ -157,6 +157,10 @@ def _read_final(path: Path) -> pa.Table:
     for name in table.column_names:
         if name not in ("meta", "content_split") and name not in cols:
             cols[name] = table.column(name)
+    # every other meta field is payload too: under its own name, or meta_<name> where that is taken
+    for name in meta_names:
+        if name not in (DOCID, TOKEN_NUM, DATASET) and f"meta_{name}" not in cols:
+            cols[name if name not in cols else f"meta_{name}"] = meta.field(name)
     return pa.table(cols)
 
 

@@ -21,6 +21,18 @@ def table_names(db) -> list[str]:
     return list(getattr(res, "tables", res))
 
 
+def new_payload_fields(docs: pa.Schema, schema: pa.Schema, spec: FeatureSpec) -> list[pa.Field]:
+    """Columns of a document batch that the index's table does not have yet (nullable)."""
+    features = {feature_column(t) for t in spec.neuron_types}
+    out = []
+    for f in docs:
+        if f.name in schema.names or f.name in features or f.name == ROW:
+            continue
+        typ = pa.string() if pa.types.is_null(f.type) else f.type  # an all-null column: store it as text
+        out.append(pa.field(f.name, typ, nullable=True))
+    return out
+
+
 def conform(docs: pa.Table, schema: pa.Schema, spec: FeatureSpec) -> pa.Table:
     """Cast a document batch to the index's payload columns (missing ones become null)."""
     wanted = {f.name for f in payload_fields(schema, spec)} | {DOCID, TOKEN_NUM, "dataset"}

@@ -137,13 +137,44 @@ def locked(index: IndexSnapshot, action: str) -> Iterator[Manifest]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise NagError(f"another process is writing to {index.path}; try again when it has finished") from None
-        manifest = read_manifest(index.path)
+        manifest = adopt_added_columns(index.path, read_manifest(index.path))
         recover(index.path, manifest)
         if manifest.generation != index.manifest.generation:
             index._load(manifest)
         yield manifest
     finally:
         os.close(fd)
+
+
+def adopt_added_columns(path: Path, manifest: Manifest) -> Manifest:
+    """Commit columns that were added to the documents table outside nagindex (plain
+    LanceDB `add_columns`): a later Lance version with the same rows and only new
+    columns becomes the committed one, instead of being rolled back as a crashed write."""
+    if manifest.lance_version is None:
+        return manifest
+    import lancedb
+
+    try:
+        table = lancedb.connect(str(path)).open_table(manifest.lance_table)
+        latest = table.version
+        if latest == manifest.lance_version or table.count_rows() != manifest.num_rows:
+            return manifest
+        latest_schema = table.schema
+        table.checkout(manifest.lance_version)
+        committed_names = set(table.schema.names)
+        if not committed_names < set(latest_schema.names):
+            return manifest
+        table.checkout_latest()
+        # later documents will not have the column: it must take nulls (an SQL-computed one is non-nullable)
+        strict = [f.name for f in latest_schema if f.name not in committed_names and not f.nullable]
+        if strict:
+            table.alter_columns(*({"path": name, "nullable": True} for name in strict))
+            latest = table.version
+    except LANCE_ERRORS:
+        return manifest  # recovery names the damage
+    adopted = manifest.evolve(lance_version=latest, generation=manifest.generation + 1)
+    commit(path, adopted)
+    return adopted
 
 
 def commit(path: Path, manifest: Manifest) -> None:
@@ -360,6 +391,11 @@ def _append_locked(index, manifest: Manifest, batches: Batches, replace: bool, c
                 schema = index_schema(spec, docs.schema)
                 table = db.create_table(manifest.lance_table, schema=schema, mode="overwrite")
                 created_table = True
+            new_fields = doctable.new_payload_fields(docs.schema, schema, spec)
+            if new_fields:
+                # the payload schema evolves: a new nullable column, null in every earlier row
+                table.add_columns(new_fields)
+                schema = table.schema
             docs = doctable.conform(docs, schema, spec)
             for start in range(0, docs.num_rows, index.batch_rows):
                 part = docs.slice(start, index.batch_rows)
