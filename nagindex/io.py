@@ -106,6 +106,33 @@ def _jsonl_records(path: Path):
 
 
 def _read_jsonl(path: Path) -> pa.Table:
+    """JSONL documents through pyarrow.json (fast, typed); records it cannot type
+    (mixed value types, a bad line) go through the line reader, which names the line."""
+    table = _read_jsonl_arrow(path)
+    return table if table is not None else _read_jsonl_lines(path)
+
+
+def _read_jsonl_arrow(path: Path) -> pa.Table | None:
+    import pyarrow.json as pj
+
+    try:
+        with pa.input_stream(str(path), compression="detect") as stream:
+            table = pj.read_json(stream, read_options=pj.ReadOptions(block_size=16 << 20))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+    names = list(table.column_names)
+    for alias, name in (("id", DOCID), ("text", TEXT)):
+        if name not in names and alias in names:
+            names[names.index(alias)] = name
+    if DOCID not in names:
+        raise NagError(f"{path}: no 'docid' (or 'id') key in the JSON records")
+    table = table.rename_columns(names)
+    if TEXT in names and not pa.types.is_string(table.schema.field(TEXT).type):
+        return None  # non-string texts: the line reader turns each into null, to be skipped
+    return table
+
+
+def _read_jsonl_lines(path: Path) -> pa.Table:
     rows = [obj for _, obj in _jsonl_records(path)]
     keys: dict[str, None] = {}
     for r in rows:

@@ -6,6 +6,8 @@ here first, so that they all accept the same things:
 - a file path (any layout `io` reads);
 - a directory: every document file directly inside it (sorted by name);
 - a glob such as ``'pool/*.parquet'`` (quoted on the command line, expanded here);
+- a URL (``s3://bucket/pool/``, ``file:///data/pool.parquet``): read as a
+  `pyarrow.dataset`, streamed, through fsspec where pyarrow has no filesystem;
 - a table in memory: a pyarrow Table, RecordBatch or Dataset (`pyarrow.dataset`),
   a pandas or polars DataFrame, or a Hugging Face `datasets.Dataset`. None of
   those libraries is imported unless the object is one of theirs.
@@ -84,6 +86,29 @@ def to_arrow(obj: Any) -> pa.Table:
     return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
 
 
+def remote_dataset(url: str):
+    """A file or folder at a URL (``s3://``, ``gs://``, ``file://`` ...) as a `pyarrow.dataset`
+    Dataset, streamed: through pyarrow's own filesystems, or fsspec's where pyarrow has none."""
+    import pyarrow.dataset as pads
+    import pyarrow.fs as pafs
+
+    fmt = "json" if url.lower().rstrip("/").endswith((".jsonl", ".json", ".ndjson", ".jsonl.gz")) else "parquet"
+    try:
+        filesystem, root = pafs.FileSystem.from_uri(url)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+        try:
+            import fsspec
+        except ImportError:
+            raise NagError(f"cannot open {url}: pyarrow has no filesystem for it; install fsspec "
+                           "(and its package for this scheme)") from None
+        fs, root = fsspec.core.url_to_fs(url)
+        filesystem = pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+    try:
+        return pads.dataset(root, format=fmt, filesystem=filesystem)
+    except (pa.ArrowException, OSError, FileNotFoundError) as exc:
+        raise NagError(f"cannot open {url}: {str(exc).splitlines()[0]}") from None
+
+
 def expand_path(item: str | os.PathLike) -> list[Path]:
     """The files a path, directory or glob names, sorted; NagError when there are none."""
     text = str(item)
@@ -114,6 +139,8 @@ def expand_sources(sources: Any) -> list[Any]:
     for item in sources:
         if is_table_like(item):
             out.append(item)
+        elif isinstance(item, str) and "://" in item:
+            out.append(remote_dataset(item))
         elif isinstance(item, (str, os.PathLike)):
             out.extend(expand_path(item))
         else:

@@ -13,7 +13,8 @@ from nagindex.cli.app import MODEL_HELP, index_app
 
 _POOLS_HELP = (
     "Pool files: web parquet (docid, doc, token_num, dataset, any payload columns), final parquet "
-    "(meta.docid, content_split), JSONL or .txt. Every column is kept in the index as payload."
+    "(meta.docid, content_split), JSONL or .txt; directories, quoted globs ('pool/*.parquet') and URLs "
+    "(s3://..., through pyarrow or fsspec) too. Every column is kept in the index as payload."
 )
 _FEATURES_HELP = (
     "Import precomputed features instead of running a model: nagindex parquet from `nag extract`, "
@@ -44,7 +45,7 @@ def _human_bytes(n: int) -> str:
 @index_app.command("build")
 def build(
     index_dir: Path = typer.Argument(..., help="Directory to create for the index (must not exist or be empty)."),
-    pools: List[Path] = typer.Argument(..., help=_POOLS_HELP),
+    pools: List[str] = typer.Argument(..., help=_POOLS_HELP),
     model: Optional[str] = typer.Option(
         None,
         "--model",
@@ -113,7 +114,7 @@ def build(
 @index_app.command("append")
 def append(
     index_dir: Path = typer.Argument(..., help="An index made by `nag index build`."),
-    pools: List[Path] = typer.Argument(..., help=_POOLS_HELP),
+    pools: List[str] = typer.Argument(..., help=_POOLS_HELP),
     features: Optional[List[Path]] = typer.Option(
         None, "--features", help=_FEATURES_HELP + " Without it the index's own backbone extracts them."
     ),

@@ -60,7 +60,7 @@ def format_summary(summary: dict, out: Path | None) -> str:
 @app.command("query")
 def query(
     index_dir: Path = typer.Argument(..., help="An index made by `nag index build`."),
-    targets: Optional[List[Path]] = typer.Argument(
+    targets: Optional[List[str]] = typer.Argument(
         None,
         help="Target documents as raw text: web parquet (doc), final parquet (content_split), JSONL "
         "(text or doc) or .txt (one document per line). Each TARGET is one target set (quote a glob "

@@ -138,3 +138,16 @@ def test_sources_helpers(tmp_path):
     with pytest.raises(NagError, match="no file matches"):
         expand_sources(str(tmp_path / "*.jsonl"))
     assert source_name("data/arc_train.jsonl.gz") == "arc_train" and source_name("arc/*.parquet") == "arc"
+
+
+def test_urls_and_jsonl_through_pyarrow(tmp_path, monkeypatch):
+    import nagindex.io as nio
+
+    pq.write_table(POOL, tmp_path / "p.parquet")
+    got = read_documents(tmp_path.as_uri() + "/p.parquet")
+    assert got.column("docid").to_pylist() == POOL.column("docid").to_pylist()
+    lines = "\n".join(f'{{"id": {i}, "text": "t{i}", "score": {i / 2}}}' for i in range(3)) + "\n"
+    (tmp_path / "d.jsonl").write_text(lines)
+    monkeypatch.setattr(nio, "_jsonl_records", None)  # typed JSONL needs no line-by-line reader
+    docs = read_documents(tmp_path / "d.jsonl")
+    assert docs.column("docid").to_pylist() == ["0", "1", "2"] and docs.column("score").to_pylist() == [0, 0.5, 1]
