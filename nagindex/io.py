@@ -614,7 +614,9 @@ def read_feature_files(paths: Sequence[str | os.PathLike] | str | os.PathLike) -
             table, file_spec = _read_upstream_jsonl(p), None
         else:
             try:
-                table = pq.read_table(p)
+                # one file: ParquetFile, not read_table, which imports pyarrow.dataset (and
+                # with it pandas, ~0.5 s) that a query reading a target never needs
+                table = pq.ParquetFile(p).read()
             except (pa.ArrowException, OSError) as exc:
                 raise NagError(f"cannot read feature file {p}: {str(exc).splitlines()[0]}") from None
             file_spec = FeatureSpec.from_metadata(table.schema.metadata)

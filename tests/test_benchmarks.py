@@ -46,3 +46,11 @@ def test_bench_index_smoke_counts_and_append_cost():
     assert report["append_vs_rebuild"] < 1.0
     # the forward index holds exactly L*K uint16 per document
     assert report["size_rebuilt"]["forward"] >= (report["n"] + report["delta"]) * report["L"] * report["K"] * 2
+
+
+@pytest.mark.timeout(600)
+def test_bench_inverted_smoke_gives_the_scan_answer():
+    out = run_script("bench_inverted.py", "--smoke")
+    # scan, forced inverted lists and the planner's choice select the same rows
+    assert "identical: True" in out
+    assert re.search(r"auto: +\S+: (scan|inverted) - ", out)

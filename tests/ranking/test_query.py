@@ -564,7 +564,7 @@ def test_cli_each_names_every_selection_after_its_file(store_index, tmp_path):
     table = pq.read_table(out)
     mem = MemoryIndex(spec, feats, payload)
     for name, t in targets.items():
-        mine = table.filter(pa.array([x == name for x in table.column("target").to_pylist()]))
+        mine = table.filter(pa.array([x == name for x in table.column("target").to_pylist()], pa.bool_()))
         assert mine.column("docid").to_pylist() == Q.run_query(mem, [t], top=7).table.column("docid").to_pylist()
 
 
