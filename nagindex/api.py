@@ -111,18 +111,14 @@ class Index(IndexSnapshot):
             from nagindex.extraction.features import feature_spec
 
             spec = feature_spec(backbone, neuron_types, top_k, max_length)
-        tmp = path.parent / f".{path.name}.building-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        tmp = writer.build_directory(path)  # stale ones of killed builds of `path` are removed
         try:
             index = cls.create(tmp, spec, postings=postings)
             index._backbone = backbone
             index.append(pools, features=features, fmt=fmt, progress=progress, batch_size=batch_size,
                          _model=backbone if backbone is not None else (None if features else model),
                          engine=runner)
-            if path.exists():
-                path.rmdir()
-            os.rename(tmp, path)
+            writer.publish_build(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

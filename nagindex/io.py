@@ -566,6 +566,15 @@ def features_from_table(table: pa.Table, spec_or_types: FeatureSpec | Sequence[s
     return out
 
 
+def _first_bad_neuron_index(values: list) -> tuple | None:
+    """(value,) of the first entry that is not an integer in 0..65535, or None.
+    JSON's 3.5, true, null or 10**30 would otherwise be cast (or fail) silently."""
+    for v in values:
+        if type(v) is not int or not 0 <= v <= 65535:  # bool is an int subclass: refused too
+            return (v,)
+    return None
+
+
 def _read_upstream_jsonl(path: Path) -> pa.Table:
     docids: list[str] = []
     cols: dict[str, list] = {}
@@ -579,6 +588,11 @@ def _read_upstream_jsonl(path: Path) -> pa.Table:
             values = value.get("layer_topk_value_index") if isinstance(value, dict) else value
             if not isinstance(values, list):
                 raise NagError(f"{path}:{lineno}: {key} has no layer_topk_value_index list")
+            bad = _first_bad_neuron_index(values)
+            if bad is not None:
+                raise NagError(
+                    f"{path}:{lineno}: {key} holds {json.dumps(bad[0])}; neuron indices must be integers in 0..65535"
+                )
             cols.setdefault(key, []).append(values)
     if not cols:
         raise NagError(f"{path}: no '<type>_feature' fields found")

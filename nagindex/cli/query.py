@@ -48,7 +48,7 @@ def format_summary(summary: dict, out: Path | None) -> str:
     targets = ", ".join(f"{name} ({n} docs)" for name, n in summary["targets"].items())
     lines.append(f"targets: {targets}")
     if summary.get("missing_quality"):
-        lines.append(f"left out {summary['missing_quality']} rows with missing quality")
+        lines.append(f"left out {summary['missing_quality']} rows with missing or non-finite quality")
     datasets = list(summary["datasets"].items())
     shown = datasets[:12]
     lines.append("per dataset: " + ", ".join(f"{k} {v}" for k, v in shown) + (" ..." if len(datasets) > 12 else ""))
@@ -93,7 +93,7 @@ def query(
                                 "selection). Default: duplicates kept."),
     quality_col: Optional[str] = typer.Option(
         None, "--quality-col", help="Numeric payload column to combine with the NAG distance: both are min-max "
-        "normalised over the pool and summed (lower is better). Rows with missing quality are left out."),
+        "normalised over the pool and summed (lower is better). Rows with missing or non-finite (inf, nan) quality are left out and counted."),
     invert_quality: bool = typer.Option(False, "--invert-quality", help="The quality column is higher-is-better "
                                         "(e.g. a classifier probability): use 1 - quality. Default: used as is."),
     with_text: bool = typer.Option(False, "--with-text", help="Include the document text column in the output."),

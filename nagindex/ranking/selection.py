@@ -171,7 +171,7 @@ def mixture(selections: list[np.ndarray], docids, dedupe: bool = False) -> tuple
 class QualityCombination:
     combined: np.ndarray  # float64, lower is better, for the rows kept
     kept: np.ndarray  # positions (into the inputs) whose quality is present
-    missing: int  # rows left out because their quality is missing
+    missing: int  # rows left out because their quality is missing or not finite
 
 
 def _min_max(values: np.ndarray) -> np.ndarray:
@@ -183,14 +183,14 @@ def _min_max(values: np.ndarray) -> np.ndarray:
 
 def quality_combination(distance: np.ndarray, quality: np.ndarray, invert: bool) -> QualityCombination:
     """SPEC 4 quality combination: min-max normalise both over the pool (rows
-    with missing quality are left out first), turn a higher-is-better quality
+    with missing or non-finite quality are left out first: one inf would
+    turn every other row's normalised quality into 0), turn a higher-is-better quality
     into 1 - q, and add; lower is better. As upstream's ``--invert_quality``,
     ``invert=True`` says the column is higher-is-better (e.g. a FineWeb-Edu
     probability); without it the column is used as is (lower is better)."""
     distance = np.asarray(distance, dtype=np.float64)
     quality = np.asarray(quality, dtype=np.float64)
-    present = ~np.isnan(quality)
-    kept = np.flatnonzero(present)
+    kept = np.flatnonzero(np.isfinite(quality))
     if kept.size == 0:
         return QualityCombination(np.zeros(0), kept, int(quality.size))
     d = _min_max(distance[kept])

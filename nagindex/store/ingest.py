@@ -203,6 +203,8 @@ def join_features(
             more = more.select([c for c in keep if c in more.column_names])
             more = more.set_column(0, DOCID, more.column(DOCID).cast(pa.string()))
             buffer = more if buffer is None else pa.concat_tables([buffer, more], promote_options="permissive")
+            # a repeated docid would otherwise be joined once (first copy wins) and the rest dropped
+            check_unique_docids(buffer.column(DOCID), "feature files")
         if buffer is None:
             raise NagError(f"{len(ids)} pool documents have no features (first: docid {ids[0].as_py()!r})")
         pos = pc.index_in(ids, value_set=buffer.column(DOCID))
@@ -224,7 +226,10 @@ def join_features(
         break
     if extra:
         first = extra[0].column(DOCID)[0].as_py()
-        raise NagError(f"features for docid {first!r} have no document in the pool (docids missing from the payload)")
+        raise NagError(
+            f"features for docid {first!r} have no document in the pool (docids missing from the payload, "
+            "or repeated in the feature files)"
+        )
 
 
 # -- batches for the store ---------------------------------------------------------

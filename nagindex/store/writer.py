@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import shutil
 import signal
 import warnings
@@ -117,6 +118,51 @@ def create_index(path: str | os.PathLike, spec: FeatureSpec, *, postings: bool =
     except OSError as e:
         raise NagError(os_error_message(e, path, "creating")) from None
     return path
+
+
+BUILDING_INFIX = ".building-"
+
+
+def build_directory(path: Path) -> Path:
+    """The hidden sibling a build of `path` writes into (renamed into place when complete),
+    after removing those that killed builds of `path` left (their process is gone)."""
+    path = Path(path)
+    pattern = re.compile(re.escape(f".{path.name}{BUILDING_INFIX}") + r"([0-9]+)")
+    for entry in path.parent.iterdir() if path.parent.is_dir() else ():
+        m = pattern.fullmatch(entry.name)
+        if m and entry.is_dir() and not entry.is_symlink() and not _process_alive(int(m.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+    tmp = path.parent / f".{path.name}{BUILDING_INFIX}{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    return tmp
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def publish_build(tmp: Path, path: Path) -> None:
+    """Rename a complete build into place; a one-line error when another build got there first."""
+    try:
+        if path.exists():
+            path.rmdir()  # an empty directory the user made for it
+        os.rename(tmp, path)
+    except OSError as e:
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+            raise NagError(
+                f"{path} was created by another process while this build ran; this build was discarded "
+                "(use `nag index append` to add to that index, or build into a new directory)"
+            ) from None
+        raise NagError(os_error_message(e, path, "building")) from None
 
 
 @contextmanager
