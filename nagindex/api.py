@@ -223,6 +223,13 @@ class Index(IndexSnapshot):
 
         return check_index(self)
 
+    @classmethod
+    def check_path(cls, path: str | os.PathLike):
+        """`check` of the index at `path`, also when it is too damaged to open."""
+        from nagindex.store.verify import check_path
+
+        return check_path(path, cls.open)
+
     def query(self, targets=(), *, engine: Any = "local", **options):
         """Rank this index against target sets; returns the selection as an Arrow table.
 

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from nagindex.errors import NagError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -62,6 +64,8 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False, durable: bo
     """Yield a temporary sibling path to write `path`'s new content to; on success it is
     renamed over `path` (a directory replaces an existing one), on failure removed."""
     path = Path(path)
+    if not directory and path.is_dir():
+        raise NagError(f"cannot write {path}: it is a directory; give a file path")
     path.parent.mkdir(parents=True, exist_ok=True)
     if directory:
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))

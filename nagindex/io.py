@@ -69,11 +69,28 @@ def _detect_format(path: Path) -> str:
     if name.endswith((".txt", ".txt.gz")):
         return "txt"
     if name.endswith((".parquet", ".pq")):
-        names = pq.read_schema(path).names
+        names = _parquet_schema(path).names
         if "meta" in names and "content_split" in names and DOCID not in names:
             return "final"
         return "web"
     raise NagError(f"cannot tell the format of {path} from its name; pass --format (web, final, jsonl, txt)")
+
+
+def _parquet_schema(path: Path) -> pa.Schema:
+    """The schema of a parquet file, or one line saying why it cannot be read (empty, not parquet)."""
+    try:
+        return pq.read_schema(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise NagError(f"cannot read {path} as parquet: {str(exc).splitlines()[0]}") from None
+
+
+def _parquet_batches(path: Path, batch_size: int) -> Iterator[pa.Table]:
+    """Row batches of a parquet file; a damaged file is one line, wherever it fails."""
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
+            yield pa.Table.from_batches([batch])
+    except (pa.ArrowException, OSError) as exc:
+        raise NagError(f"cannot read {path} as parquet: {str(exc).splitlines()[0]}") from None
 
 
 def _open_text(path: Path):
@@ -470,7 +487,7 @@ def iter_document_batches(
             raise NagError(f"input file not found: {p}")
         kind = _detect_format(p) if fmt == "auto" else fmt
         if kind == "web":
-            raw_batches = (pa.Table.from_batches([b]) for b in pq.ParquetFile(p).iter_batches(batch_size=batch_size))
+            raw_batches = _parquet_batches(p, batch_size)
         else:
             whole = _read_one(p, kind)
             raw_batches = (whole.slice(i, batch_size) for i in range(0, whole.num_rows, batch_size))

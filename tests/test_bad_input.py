@@ -162,3 +162,49 @@ def test_the_loser_of_two_builds_into_one_path_gets_one_line(tmp_path, monkeypat
     assert "was created by another process while this build ran" in str(e.value) and "\n" not in str(e.value)
     assert (tmp_path / "idx" / "manifest.json").read_text() == "{}"
     assert not [p for p in tmp_path.iterdir() if ".building-" in p.name]
+
+
+# -- tracebacks that are one line now ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", [b"", b"not a parquet file\n"])
+def test_empty_or_garbage_parquet_pool_is_one_line(tmp_path, content):
+    (tmp_path / "pool.parquet").write_bytes(content)
+    code, _, err = nag("index", "build", tmp_path / "idx", tmp_path / "pool.parquet", "--no-progress")
+    assert_one_line_error(code, err, "cannot read", "pool.parquet as parquet")
+    ids = ["a", "b"]
+    pool = write_pool(tmp_path / "ok.parquet", ids)
+    write_features_parquet(tmp_path / "f.parquet", ids, {"fwd_up": features_for(2)}, SPEC)
+    Index.build(tmp_path / "idx", [pool], features=[tmp_path / "f.parquet"], progress=False)
+    code, _, err = nag("index", "append", tmp_path / "idx", tmp_path / "pool.parquet", "--features", tmp_path / "f.parquet", "--no-progress")
+    assert_one_line_error(code, err, "pool.parquet as parquet")
+    code, _, err = nag("extract", tmp_path / "pool.parquet", "--out", tmp_path / "out.parquet")
+    assert_one_line_error(code, err, "pool.parquet as parquet")
+
+
+def test_struct_dataset_column_and_existing_directory_outputs_are_one_line(tmp_path):
+    ids = ["a", "b"]
+    pool = write_pool(tmp_path / "pool.parquet", ids, dataset=pa.array([{"x": 1}, {"x": 2}]))
+    write_features_parquet(tmp_path / "f.parquet", ids, {"fwd_up": features_for(2)}, SPEC)
+    with pytest.raises(NagError, match="'dataset' must be text"):
+        Index.build(tmp_path / "idx", [pool], features=[tmp_path / "f.parquet"], progress=False)
+    good = write_pool(tmp_path / "good.parquet", ids)
+    Index.build(tmp_path / "idx", [good], features=[tmp_path / "f.parquet"], progress=False)
+    (tmp_path / "outdir").mkdir()
+    code, _, err = nag("deactivate", "keys", tmp_path / "idx", "--target-features", tmp_path / "f.parquet", "--out", tmp_path / "outdir")
+    assert_one_line_error(code, err, "outdir: it is a directory")
+
+
+def test_nag_index_check_from_the_command_line(tmp_path):
+    ids = ["a", "b", "c"]
+    pool = write_pool(tmp_path / "pool.parquet", ids)
+    write_features_parquet(tmp_path / "f.parquet", ids, {"fwd_up": features_for(3)}, SPEC)
+    index = Index.build(tmp_path / "idx", [pool], features=[tmp_path / "f.parquet"], progress=False)
+    code, out, err = nag("index", "check", tmp_path / "idx")
+    assert code == 0 and "ok (" in out and "3 rows checked" in out, err
+    seg = tmp_path / "idx" / "segments" / index.manifest.segments[0].name / "token_num.i64"
+    values = np.fromfile(seg, dtype=np.int64)
+    values[1] = -7
+    values.tofile(seg)
+    code, out, err = nag("index", "check", tmp_path / "idx")
+    assert code == 1 and "token_num.i64 does not match its checksum" in err and "negative token count (-7)" in err

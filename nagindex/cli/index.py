@@ -221,7 +221,7 @@ def check(
     """
     from nagindex.api import Index
 
-    report = Index.open(index_dir).check()
+    report = Index.check_path(index_dir)
     if report.ok:
         typer.echo(
             f"{index_dir}: ok ({report.files_hashed} files, {_human_bytes(report.bytes_hashed)} hashed; "

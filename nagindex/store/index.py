@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 import threading
 from pathlib import Path
@@ -67,8 +68,10 @@ LANCE_ERRORS = (OSError, RuntimeError, ValueError)
 
 
 def first_line(exc: BaseException) -> str:
+    """The first line of an error, without the source locations Lance appends."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return re.sub(r",\s*/[^,]*\.rs:\d+:\d+", "", line)
 
 
 def inside(root: Path, path: Path) -> bool:
@@ -80,11 +83,14 @@ def inside(root: Path, path: Path) -> bool:
 
 
 def damaged(path: Path, problem: str) -> NagError:
-    """The one-line error for an index whose files do not match its manifest."""
-    return NagError(
+    """The one-line error for an index whose files do not match its manifest
+    (`.problem` keeps the problem alone, for `nag index check`)."""
+    error = NagError(
         f"index {path} is damaged: {problem}; nothing was changed. Run `nag index check {path}` for every problem, "
         "and restore the index from a copy or rebuild it"
     )
+    error.problem = problem
+    return error
 
 
 def _dir_size(path: Path) -> int:
@@ -308,10 +314,15 @@ class IndexSnapshot:
         except ImportError:
             import lancedb
 
-            table = lancedb.connect(str(self.path)).open_table(manifest.lance_table)
-            table.checkout(manifest.lance_version)
-            return _LanceDBReader(table)
-        return _LanceReader(lance.dataset(str(uri), version=manifest.lance_version))
+            lance = None
+        try:
+            if lance is None:
+                table = lancedb.connect(str(self.path)).open_table(manifest.lance_table)
+                table.checkout(manifest.lance_version)
+                return _LanceDBReader(table)
+            return _LanceReader(lance.dataset(str(uri), version=manifest.lance_version))
+        except LANCE_ERRORS as e:
+            raise OSError(f"version {manifest.lance_version} of its Lance table {uri.name} cannot be opened ({first_line(e)})") from None
 
     def columns(self) -> list[str]:
         """Columns `take` can return."""

@@ -11,12 +11,16 @@ entry per feature, and the Lance table at the pinned version (row count,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+
+from nagindex.errors import NagError
 
 from nagindex.schemas import DOCID, ROW
 from nagindex.store import checksums
 from nagindex.store.index import LANCE_ERRORS, first_line, token_num_problem
+from nagindex.store.manifest import read_manifest
 from nagindex.store.postings import ids_path, offsets_path
 
 # Rows read at once (bounded memory whatever the index size).
@@ -35,17 +39,27 @@ class CheckReport:
         return not self.problems
 
 
+def check_path(path, open_index) -> CheckReport:
+    """Every problem of the index at `path`, also when it cannot be opened
+    (`open_index(path)` opens it; the hashes are checked either way)."""
+    manifest = read_manifest(Path(path))
+    try:
+        index = open_index(path)
+    except NagError as e:
+        if not hasattr(e, "problem"):
+            raise
+        report = CheckReport()
+        _hash_problems(Path(path), manifest, report)
+        report.problems.append(e.problem)
+        return report
+    return check_index(index)
+
+
 def check_index(index) -> CheckReport:
     """Every problem of an opened snapshot's files (empty when it is intact)."""
     report = CheckReport()
     m = index.manifest
-    for name, expected in sorted(m.checksums.items()):
-        problem = checksums.content_problem(index.path, name, expected)
-        if problem:
-            report.problems.append(problem)
-        else:
-            report.files_hashed += 1
-            report.bytes_hashed += int(expected[0])
+    _hash_problems(index.path, m, report)
     if m.segments and not m.checksums:
         report.problems.append("the manifest records no checksums (written by an older nagindex): compact the index to add them")
     for segment in index._segments:
@@ -53,6 +67,16 @@ def check_index(index) -> CheckReport:
     report.problems += _lance_problems(index)
     report.rows_checked = index.num_rows
     return report
+
+
+def _hash_problems(path: Path, m, report: CheckReport) -> None:
+    for name, expected in sorted(m.checksums.items()):
+        problem = checksums.content_problem(path, name, expected)
+        if problem:
+            report.problems.append(problem)
+        else:
+            report.files_hashed += 1
+            report.bytes_hashed += int(expected[0])
 
 
 def _segment_problems(segment, spec) -> list[str]:

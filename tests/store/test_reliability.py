@@ -260,3 +260,48 @@ def test_a_segments_symlink_out_of_the_index_is_refused(tmp_path):
     (idx / "segments" / seg).symlink_to(tmp_path / seg)
     with pytest.raises(NagError, match="lies outside the index directory"):
         Index.open(idx)
+
+
+# -- Lance errors: one line naming the index, the file and what to do; index unchanged --------------
+
+
+def test_a_manifest_naming_a_lance_version_that_does_not_exist(tmp_path):
+    idx = tmp_path / "idx"
+    make_index(idx)
+    edit_manifest(idx, lance_version=999)
+    with pytest.raises(NagError) as e:
+        Index.open(idx)
+    text = one_line(e.value)
+    assert "version 999 of its Lance table docs.lance cannot be opened" in text and ".rs:" not in text
+    report = Index.check_path(idx)
+    assert not report.ok and "version 999" in report.problems[-1]
+
+
+@pytest.mark.parametrize("error", [
+    OSError("LanceError(IO): Generic LocalFileSystem error: No space left on device (os error 28)"),
+    RuntimeError("lance error: Commit conflict\nsecond line"),
+])
+@pytest.mark.parametrize("action", ["append", "compact"])
+def test_lance_failures_inside_a_write_are_one_line_and_change_nothing(tmp_path, monkeypatch, error, action):
+    import lancedb.table
+
+    idx = tmp_path / "idx"
+    make_index(idx, replace_some=True)
+    before = json.loads((idx / "manifest.json").read_text())
+
+    def fail(self, *args, **kw):
+        raise error
+
+    monkeypatch.setattr(lancedb.table.LanceTable, "add", fail)
+    index = Index.open(idx)
+    with pytest.raises(NagError) as e:
+        if action == "append":
+            index.append(documents=docs(["new"]), feature_arrays={"fwd_up": features_for(1, 4)}, progress=False)
+        else:
+            index.compact()
+    text = one_line(e.value)
+    assert str(idx) in text and "the index is unchanged" in text
+    assert ("disk full" in text) == isinstance(error, OSError)
+    monkeypatch.undo()
+    assert json.loads((idx / "manifest.json").read_text()) == before
+    assert Index.open(idx).check().ok
