@@ -34,7 +34,7 @@ from nagindex.sources import expand_sources, is_table_like
 from nagindex.store import ingest, writer
 from nagindex.store import versions as index_versions
 from nagindex.store.index import IndexSnapshot, backbone_source
-from nagindex.store.verify import check_index
+from nagindex.store.verify import check_index, check_path
 from nagindex.store.writer import AppendResult
 
 __all__ = ["Index", "AppendResult"]
@@ -226,8 +226,6 @@ class Index(IndexSnapshot):
     @classmethod
     def check_path(cls, path: str | os.PathLike):
         """`check` of the index at `path`, also when it is too damaged to open."""
-        from nagindex.store.verify import check_path
-
         return check_path(path, cls.open)
 
     def query(self, targets=(), *, engine: Any = "local", **options):

@@ -197,7 +197,7 @@ def test_upstream_jsonl_round_trip(tmp_path):
 def test_upstream_jsonl_errors(tmp_path):
     p = tmp_path / "bad.jsonl"
     p.write_text(json.dumps({"docid": "a", "fwd_up_feature": {"layer_topk_value_index": [1, 70000]}}))
-    with pytest.raises(NagError, match="outside 0..65535"):
+    with pytest.raises(NagError, match="must be integers in 0..65535"):
         nio.read_feature_files([p])
     p.write_text(json.dumps({"docid": "a", "fwd_up_feature": {"layer_topk_value_index": [1, 2]}}) + "\n"
                  + json.dumps({"docid": "b", "fwd_up_feature": {"layer_topk_value_index": [1]}}))
