@@ -157,11 +157,11 @@ class IndexSnapshot:
             problem = deleted_rows_problem(deleted, manifest.num_deleted, manifest.num_rows)
             if problem:
                 raise OSError(f"{manifest.deleted_file} {problem}")
-        table = self._open_lance(manifest)  # pinned now: a later compaction may drop the table
+        table = _check_lance_present(self.path, manifest, self._open_lance)
         self.manifest = manifest
         self._segments = segments
         self._deleted = deleted
-        self._table = table
+        self._table = table  # None until first read (its import is the slowest of a query)
         self._docids = None
         self._token_num = None
 
@@ -289,8 +289,25 @@ class IndexSnapshot:
         threading.Thread(target=_import_quietly, args=("lance",), name="nagindex-prefetch", daemon=True).start()
 
     def _lance(self):
-        """The documents table at the manifest's version (opened with the snapshot), or None."""
+        """The documents table at the manifest's version (opened on first use), or None.
+
+        OSError when it cannot be opened: a compaction may have dropped it since
+        the snapshot was taken (`take` then reads the newer state), or it is damaged."""
+        if self._table is None and self.manifest.lance_version is not None:
+            self._table = self._open_lance(self.manifest)
         return self._table
+
+    def _newer(self, error: Exception) -> "IndexSnapshot":
+        """The newest committed state, when a compaction replaced this snapshot's Lance
+        table; the one-line damage error when nothing newer was committed."""
+        try:
+            newest = read_manifest(self.path)
+        except NagError:
+            newest = self.manifest
+        if newest.generation == self.manifest.generation:
+            table, problem = f"{self.manifest.lance_table}.lance", first_line(error)
+            raise damaged(self.path, problem if table in problem else f"reading {table} failed ({problem})") from None
+        return type(self).open(self.path, model=self._model)
 
     def _open_lance(self, manifest: Manifest):
         """The documents table at the manifest's version, for reading.
@@ -304,11 +321,7 @@ class IndexSnapshot:
         """
         if manifest.lance_version is None:
             return None
-        uri = self.path / f"{manifest.lance_table}.lance"
-        if not inside(self.path, uri):
-            raise OSError(f"the Lance table {manifest.lance_table} lies outside the index directory")
-        if not uri.is_dir():
-            raise OSError(f"its Lance table {uri.name} is missing")
+        uri = self.path / f"{manifest.lance_table}.lance"  # checked to lie inside by `_check_lance_present`
         try:
             import lance
         except ImportError:
@@ -326,7 +339,10 @@ class IndexSnapshot:
 
     def columns(self) -> list[str]:
         """Columns `take` can return."""
-        table = self._lance()
+        try:
+            table = self._lance()
+        except LANCE_ERRORS as e:
+            return self._newer(e).columns()  # compaction keeps the columns
         if table is None:
             return list(index_schema(self.spec).names)
         return list(table.schema.names)
@@ -348,12 +364,12 @@ class IndexSnapshot:
             unknown = [c for c in columns if c not in available]
             if unknown:
                 raise NagError(f"unknown column(s) {', '.join(unknown)}; this index has {', '.join(available)}")
-        table = self._lance()
-        if table is None or not len(rows):
-            schema = pa.schema([f for f in index_schema(self.spec) if f.name in columns]) if table is None else table.schema
-            return pa.schema([schema.field(c) for c in columns]).empty_table()
         unique, inverse = np.unique(rows, return_inverse=True)
         try:
+            table = self._lance()
+            if table is None or not len(rows):
+                schema = pa.schema([f for f in index_schema(self.spec) if f.name in columns]) if table is None else table.schema
+                return pa.schema([schema.field(c) for c in columns]).empty_table()
             got = self._take_sorted(table, unique, columns)
         except LANCE_ERRORS as e:
             got = self._take_from_newer(unique, columns, e)
@@ -373,14 +389,9 @@ class IndexSnapshot:
         """The same documents from the newest committed state, when a compaction
         removed the Lance table this snapshot pinned (their payload is unchanged:
         compaction only renumbers rows); a damaged table otherwise."""
-        where = f"{self.manifest.lance_table}.lance"
-        try:
-            newest = read_manifest(self.path)
-        except NagError:
-            newest = self.manifest
-        if newest.generation == self.manifest.generation:
-            raise damaged(self.path, f"reading {where} failed ({first_line(error)})") from None
-        newer = type(self).open(self.path, model=self._model)
+        newer = self._newer(error)
+        if not len(unique):
+            return newer.take(unique, columns)
         ids = self.docids().take(pa.array(unique))
         live_ids, live_rows = newer._live_docids()
         pos = pc.index_in(ids, value_set=live_ids)
@@ -458,6 +469,27 @@ class IndexSnapshot:
     def _feature_rows(self, neuron_type: str, rows: np.ndarray) -> np.ndarray:
         """Feature rows at sorted global `rows`, gathered from the segments."""
         return gather_rows(self.feature_segments(neuron_type), rows, self.spec.feature_length)
+
+
+def _lance_version_files(version: int) -> tuple[str, ...]:
+    """The names Lance gives the manifest of `version` (its V1 and V2 naming schemes)."""
+    return (f"{version}.manifest", f"{2**64 - 1 - version:020d}.manifest")
+
+
+def _check_lance_present(path: Path, manifest: Manifest, open_lance):
+    """OSError unless the Lance table and version the manifest names are there: a stat,
+    without importing Lance (the slowest import of a query); an unknown file naming
+    is left to Lance itself (its opened table is returned)."""
+    if manifest.lance_version is None:
+        return None
+    uri = path / f"{manifest.lance_table}.lance"
+    if not inside(path, uri):
+        raise OSError(f"the Lance table {manifest.lance_table} lies outside the index directory")
+    if not uri.is_dir():
+        raise OSError(f"its Lance table {uri.name} is missing")
+    if any((uri / "_versions" / name).is_file() for name in _lance_version_files(manifest.lance_version)):
+        return None
+    return open_lance(manifest)
 
 
 def token_num_problem(token_num: np.ndarray) -> str | None:

@@ -108,12 +108,12 @@ def _segment_problems(segment, spec) -> list[str]:
 
 
 def _lance_problems(index) -> list[str]:
-    table = index._lance()
-    if table is None:
+    if index.manifest.lance_version is None:
         return []
     where = f"{index.manifest.lance_table}.lance (version {index.manifest.lance_version})"
     docids = index.docids()
     try:
+        table = index._lance()
         for start in range(0, index.num_rows, CHECK_ROWS):
             offsets = np.arange(start, min(start + CHECK_ROWS, index.num_rows), dtype=np.int64)
             got = table.take(offsets, [ROW, DOCID])
