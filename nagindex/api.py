@@ -23,9 +23,12 @@ from nagindex.progress import silence_library_bars
 from nagindex.ranking.query import run_query
 from nagindex.schemas import (
     BACKBONE_LOCATION_KEY,
+    DEFAULT_INDEX_TOP_K,
     DEFAULT_MAX_LENGTH,
     DEFAULT_NEURON_TYPE,
     DEFAULT_TOP_K,
+    EMBEDDING,
+    TEXT,
     UNKNOWN_HASH,
     FeatureSpec,
     parse_neuron_types,
@@ -47,9 +50,20 @@ class Index(IndexSnapshot):
     """A NAG index directory, opened as one committed snapshot, with the operations on it."""
 
     @classmethod
-    def create(cls, path: str | os.PathLike, spec: FeatureSpec, *, postings: bool = True) -> "Index":
-        """Create an empty index for features made as `spec` says (`postings=False`: no inverted lists)."""
-        return cls.open(writer.create_index(path, spec, postings=postings))
+    def create(cls, path: str | os.PathLike, spec: FeatureSpec, *, postings: bool = True,
+               embedder: Any = None) -> "Index":
+        """Create an empty index for features made as `spec` says (`postings=False`: no
+        inverted lists); with `embedder` (a name for `extraction.embedder.load_embedder`,
+        or a loaded one) every document also gets its embedding."""
+        if embedder is None:
+            return cls.open(writer.create_index(path, spec, postings=postings))
+        from nagindex.extraction.embedder import load_embedder
+
+        loaded = load_embedder(embedder)
+        index = cls.open(writer.create_index(path, spec, postings=postings, embedder=loaded.name,
+                                             embedding_dim=loaded.dim))
+        index._embedder = loaded
+        return index
 
     @classmethod
     def build(
@@ -60,7 +74,7 @@ class Index(IndexSnapshot):
         model: Any = None,
         features: Sequence[str | os.PathLike] | str | os.PathLike | None = None,
         fmt: str = "auto",
-        top_k: int = DEFAULT_TOP_K,
+        top_k: int | None = DEFAULT_TOP_K,
         neuron_types: Sequence[str] | str = (DEFAULT_NEURON_TYPE,),
         max_length: int = DEFAULT_MAX_LENGTH,
         num_layers: int | None = None,
@@ -71,6 +85,7 @@ class Index(IndexSnapshot):
         device: str | None = None,
         dtype: str | None = None,
         postings: bool = True,
+        embedder: Any = None,
     ) -> "Index":
         """Index the documents of `pools`: files, directories, globs, or tables in memory
         (pyarrow Table/Dataset, pandas or polars DataFrame, `datasets.Dataset`), in any mix.
@@ -87,6 +102,10 @@ class Index(IndexSnapshot):
         directory and renamed into place when complete. `postings=False`
         leaves out the inverted lists (two thirds of the disk; queries then
         always scan, which on text-like pools is as fast: see the README).
+        `top_k=None` takes the
+        recommended K (`DEFAULT_INDEX_TOP_K`, or the layer width where that is
+        smaller; imported features keep theirs). `embedder` (a name, a model
+        directory or a loaded `Embedder`) also stores an embedding per document.
         """
         from nagindex.extraction.backbones import Backbone
 
@@ -105,15 +124,20 @@ class Index(IndexSnapshot):
             spec = _imported_spec(features, model, neuron_types, top_k, max_length, num_layers, width)
         elif remote:
             backbone = None
+            if top_k is None:
+                probe = runner.feature_spec(model, neuron_types=neuron_types, top_k=1, max_length=max_length)
+                top_k = _default_top_k(probe, neuron_types)
             spec = runner.feature_spec(model, neuron_types=neuron_types, top_k=top_k, max_length=max_length)
         else:
             backbone = _resolve_backbone(model, device, dtype)
             from nagindex.extraction.features import feature_spec
 
+            if top_k is None:
+                top_k = _default_top_k(feature_spec(backbone, neuron_types, 1, max_length), neuron_types)
             spec = feature_spec(backbone, neuron_types, top_k, max_length)
         tmp = writer.build_directory(path)  # stale ones of killed builds of `path` are removed
         try:
-            index = cls.create(tmp, spec, postings=postings)
+            index = cls.create(tmp, spec, postings=postings, embedder=embedder)
             index._backbone = backbone
             index.append(pools, features=features, fmt=fmt, progress=progress, batch_size=batch_size,
                          _model=backbone if backbone is not None else (None if features else model),
@@ -124,6 +148,7 @@ class Index(IndexSnapshot):
             raise
         built = cls.open(path)
         built._backbone = backbone
+        built._embedder = getattr(index, "_embedder", None)
         return built
 
     def append(
@@ -180,10 +205,11 @@ class Index(IndexSnapshot):
                                                              batch_size=batch_size)
             tokens = self._token_counter(_model)
             with writer.progress_bar(total, progress, "indexing") as bar:
-                return writer.append_batches(self, ingest.regroup(batches, self.batch_rows, bar.update),
-                                             replace=replace, count_tokens=tokens, progress=False)
-        return writer.append_batches(self, batches, replace=replace, count_tokens=tokens, progress=progress,
-                                     total=total)
+                grouped = ingest.regroup(batches, self.batch_rows, bar.update)
+                return writer.append_batches(self, self._embedded(grouped, batch_size), replace=replace,
+                                             count_tokens=tokens, progress=False)
+        return writer.append_batches(self, self._embedded(batches, batch_size), replace=replace, count_tokens=tokens,
+                                     progress=progress, total=total)
 
     def append_batches(
         self,
@@ -199,7 +225,7 @@ class Index(IndexSnapshot):
         validated like `append(documents=..., feature_arrays=...)`; docids must
         be unique across the whole stream.
         """
-        return writer.append_batches(self, writer.checked_batches(batches, self.spec), replace=replace,
+        return writer.append_batches(self, self._embedded(writer.checked_batches(batches, self.spec)), replace=replace,
                                      count_tokens=self._token_counter(None), progress=progress, total=total)
 
     def tag(self, name: str, version: int | str | None = None) -> int:
@@ -211,6 +237,23 @@ class Index(IndexSnapshot):
         """Every readable version, oldest first: version, committed_at, documents, rows,
         segments, lance_table, lance_version, tags."""
         return index_versions.listing(self.path)
+
+    def _embedded(self, batches, batch_size: int = 64):
+        """The batches with each document's embedding added, where this index stores them."""
+        if not self.has_embeddings:
+            yield from batches
+            return
+        embedder = self.embedder()
+        for docs, feats in batches:
+            if EMBEDDING in docs.column_names:  # embedded already (e.g. by the caller)
+                yield docs, feats
+                continue
+            if TEXT not in docs.column_names:
+                raise NagError(f"this index embeds every document with {self.manifest.embedder}, "
+                               f"and these documents have no text column {TEXT!r}")
+            vectors = embedder.encode(docs.column(TEXT).to_pylist(), batch_size=batch_size)
+            column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), embedder.dim)
+            yield docs.append_column(EMBEDDING, column), feats
 
     def compact(self, progress: bool = False) -> None:
         """Fold all segments into as few as possible, drop replaced rows, and rewrite the
@@ -266,6 +309,12 @@ class Index(IndexSnapshot):
         return count
 
 
+def _default_top_k(spec: FeatureSpec, neuron_types) -> int:
+    """The recommended K, or the narrowest layer's width where that is smaller."""
+    types = [neuron_types] if isinstance(neuron_types, str) else list(neuron_types)
+    return min([DEFAULT_INDEX_TOP_K] + [spec.width(t) for t in types])
+
+
 def _as_list(paths) -> list:
     if isinstance(paths, (str, os.PathLike)) or is_table_like(paths):
         return [paths]
@@ -292,6 +341,8 @@ def _imported_spec(features: list, model: Any, neuron_types, top_k: int, max_len
     from nagindex.extraction.backbones import Backbone
 
     file_spec = ingest.feature_file_spec(features)
+    if top_k is None:  # imported features keep their K; upstream JSONL is K=20 unless told
+        top_k = file_spec.top_k if file_spec is not None else DEFAULT_TOP_K
     if isinstance(model, Backbone):
         from nagindex.extraction.features import feature_spec
 

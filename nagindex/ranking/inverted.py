@@ -79,6 +79,8 @@ def inverted_candidates(
     acc + R >= theta, so the rows with acc + R >= theta contain the answer
     (the untouched rows, acc = 0, are out once R < theta).
     """
+    if not profile.additive:
+        return None  # scores weigh ranks, which the lists do not record: the caller scans
     width = profile.width
     k = profile.top_k
     n_live = len(live)

@@ -46,3 +46,15 @@ def gather_sum_many(features, offs, tables, zero, out):  # pragma: no cover - co
             for c in range(m):
                 s += tables[j, offs[c] + np.int32(features[i, c])]
             out[j, i] = s
+
+
+@numba.njit(nogil=True, parallel=True, cache=True)
+def gather_sum_weighted(features, cols, offs, mult, table, out):  # pragma: no cover - compiled
+    """The rank discount: one integer multiplier per column read, int64 throughout."""
+    n = features.shape[0]
+    m = cols.shape[0]
+    for i in numba.prange(n):
+        s = np.int64(0)
+        for c in range(m):
+            s += mult[c] * table[offs[c] + np.int64(features[i, cols[c]])]
+        out[i] = s

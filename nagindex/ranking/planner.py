@@ -39,13 +39,15 @@ def _fmt(v) -> str:
 
 
 def choose_plan(plan: str, *, num_rows: int, n_live: int, top: int | None, fraction: float | None,
-                quality: bool) -> tuple[str, str]:
+                quality: bool, every_row: bool = False) -> tuple[str, str]:
     """(path, reason). The inverted lists pay off only for answers that are a
     small share of a large pool; everything else scans."""
     if plan == "scan":
         return "scan", "asked for (--plan scan)"
     if quality:
         return "scan", "the quality combination normalises over every row's distance"
+    if every_row:
+        return "scan", "the rank fusion ranks every row"
     if plan == "inverted":
         return "inverted", "asked for (--plan inverted); falls back to a scan if the bound cannot prove the answer"
     if num_rows < INVERTED_MIN_ROWS:
@@ -72,6 +74,7 @@ class CandidateRequest:
     plan: str = "auto"
     quality: bool = False  # the quality combination needs every live row's score
     progress: bool = False
+    every_row: bool = False  # a rank fusion needs every live row's score too
 
 
 @dataclass
@@ -90,7 +93,11 @@ def local_candidates(index, profiles: Sequence[scoring.Profile], neuron_type: st
     for i, name in enumerate(request.names):
         top, fraction = request.tops[i], request.fractions[i]
         path, reason = choose_plan(request.plan, num_rows=index.num_rows, n_live=len(live), top=top,
-                                   fraction=fraction, quality=request.quality)
+                                   fraction=fraction, quality=request.quality, every_row=request.every_row)
+        if path == "inverted" and not profiles[i].additive:
+            # the lists record which documents hold a neuron, not at which rank
+            path, reason = "scan", ("the rank discount or a K below the index's weighs neurons by rank, "
+                                    "which the posting lists do not record")
         if path == "inverted" and not getattr(index, "has_postings", True):
             path, reason = "scan", "this index has no inverted lists (built with --no-postings)"
         if path == "inverted" and request.plan == "auto":

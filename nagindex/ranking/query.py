@@ -1,5 +1,10 @@
 """A query end to end: targets -> profiles -> candidates (an engine) -> selection -> table.
 
+How the pool is scored is one `ScoringOptions` value (ranking/options.py):
+NAG alone (its weighting, power, rank discount, K, layers), the embedding
+alone, or their reciprocal-rank fusion; every score is an integer, so the
+order is exact and ties go to the docid.
+
 `run_query` reads as those steps. The candidate step is the engine's: by
 default the local planner (`planner.local_candidates`: inverted lists where
 they can prove the answer cheaply, else one scan), or an engine's such as
@@ -20,7 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nagindex.errors import NagError
+from nagindex.ranking import embedding as emb
 from nagindex.ranking import scoring, selection
+from nagindex.ranking.options import ScoringOptions
 from nagindex.ranking.planner import PLANS, CandidateRequest, Plan, local_candidates
 from nagindex.ranking.scan import live_rows, pool_neuron_counts
 from nagindex.ranking.targets import (
@@ -33,6 +40,7 @@ from nagindex.schemas import (
     DATASET,
     DEFAULT_NEURON_TYPE,
     DOCID,
+    EMBEDDING,
     TEXT,
     TOKEN_NUM,
     feature_column,
@@ -92,8 +100,16 @@ def run_query(
     target_filter_col: str = DATASET,
     fraction: float | None = None,
     top: int | None = None,
-    power: float = 1.0,
-    layers="all",
+    scoring_options: ScoringOptions | None = None,
+    preset: str | None = None,
+    power: float | None = None,
+    layers=None,
+    weighting: str | None = None,
+    discount: str | None = None,
+    top_k: int | None = None,
+    mode: str | None = None,
+    embedding_score: str | None = None,
+    neighbours: int | None = None,
     neuron_type: str = DEFAULT_NEURON_TYPE,
     dedupe: bool = False,
     quality_col: str | None = None,
@@ -123,6 +139,10 @@ def run_query(
     `each`: every target selects on its own, its whole fraction (or top N),
     all of them from one pass over the pool; the output holds every selection
     with a `target` column, each equal to that target queried alone.
+    Scoring: `scoring_options` (default `ScoringOptions()`, the measured best;
+    `preset="paper"` is the SPEC exactly), and any of power, layers,
+    weighting, discount, top_k (ranks per layer used), mode, embedding_score,
+    neighbours, contrast given here override it.
     `engine`: where the pool is scored, an object with the `candidates` step
     of `nagindex.engines.base.Engine`; None scores it here (`local_candidates`).
     """
@@ -131,9 +151,15 @@ def run_query(
     if each and dedupe:
         raise NagError("--dedupe mixes targets; with --each every target keeps its own selection")
     index.spec.width(neuron_type)
-    kept_layers = scoring.resolve_layers(layers, index.spec.num_layers)
-    if contrast not in scoring.CONTRASTS:
-        raise NagError(f"unknown contrast {contrast!r}; use none or pool")
+    if scoring_options is not None and preset is not None:
+        raise NagError("give either scoring options or a preset, not both")
+    base = scoring_options if scoring_options is not None else ScoringOptions.from_preset(preset)
+    opts = base.with_overrides(power=power, layers=layers, weighting=weighting, discount=discount, top_k=top_k,
+                               mode=mode, embedding_score=embedding_score, neighbours=neighbours, contrast=contrast)
+    kept_layers = scoring.resolve_layers(opts.layers, index.spec.num_layers)
+    slots = opts.slots(index.spec.top_k)
+    if opts.mode in ("embedding", "fusion") and not _has_embeddings(index):
+        raise NagError(f"--mode {opts.mode} needs an index with embeddings (nag index build --embedder ...)")
     if plan not in PLANS:
         raise NagError(f"unknown plan {plan!r}; use {', '.join(PLANS)}")
     if quality_col is not None:
@@ -144,34 +170,94 @@ def run_query(
         prefetch()  # the output's payload reader loads while the targets are read and the pool scored
     loaded = load_targets(index, targets, target_features, target_texts=target_texts, neuron_type=neuron_type,
                           target_filter=target_filter,
-                          target_filter_col=target_filter_col, fmt=fmt, batch_size=batch_size, progress=progress)
+                          target_filter_col=target_filter_col, fmt=fmt, batch_size=batch_size, progress=progress,
+                          embed=opts.mode != "nag" and _has_embeddings(index))
+    mode = resolve_mode(opts.mode, index, loaded)
     live = live_rows(index)
-    profiles = target_profiles(index, loaded, neuron_type, live, power=power, layers=kept_layers, contrast=contrast)
     request = candidate_request(index, loaded, live, fraction=fraction, top=top, plan=plan, each=each,
                                 quality=quality_col is not None, progress=progress)
-    candidate_step = local_candidates if engine is None else engine.candidates
-    found = candidate_step(index, profiles, neuron_type, request)
+    request.every_row = mode == "fusion"
+    profiles = [None] * len(loaded)
+    if mode != "embedding":
+        profiles = target_profiles(index, loaded, neuron_type, live, power=opts.power, layers=kept_layers,
+                                   weighting=opts.weighting, slots=slots, discount=opts.discount)
+        candidate_step = local_candidates if engine is None else engine.candidates
+        found = candidate_step(index, profiles, neuron_type, request)
+        nag = [(f.candidates.rows, f.candidates.scores) for f in found]
+        plans = [f.plan for f in found]
+    else:
+        nag = [None] * len(loaded)
+        plans = [Plan(t.name, "embedding", "the embedding alone scores every row") for t in loaded]
+    pool_vectors = index.embeddings(live) if mode != "nag" else None
+    scored = [ranked_scores(index, live, nag[i], loaded[i], pool_vectors, opts, mode) for i in range(len(loaded))]
 
     picks = [
-        select_one(index, found[i].candidates, profiles[i], request, i, quality_col=quality_col,
+        select_one(index, scored[i], profiles[i], request, i, quality_col=quality_col,
                    invert_quality=invert_quality)
         for i in range(len(loaded))
     ]
     table = mixture_table(index, picks, [t.name for t in loaded], request.tokens, dedupe=dedupe, with_text=with_text,
                           name_targets=each or len(picks) > 1,
                           quality=quality_col is not None)
-    plans = [f.plan for f in found]
     missing_quality = picks[-1].missing_quality if picks else 0
     summary = _summary(table, live, int(request.tokens[live].sum()), plans, missing_quality, loaded)
+    summary["scoring"] = opts.describe(mode)
+    summary["mode"] = mode
     return QueryResult(table, summary, plans)
 
 
+def _has_embeddings(index) -> bool:
+    return bool(getattr(index, "has_embeddings", False))
+
+
+def resolve_mode(mode: str, index, targets: Sequence[Target]) -> str:
+    """The mode a query runs in: `auto` fuses where the index and every target have embeddings."""
+    have = _has_embeddings(index) and all(t.embeddings is not None for t in targets)
+    if mode == "auto":
+        return "fusion" if have else "nag"
+    if mode != "nag" and not have:
+        missing = [t.name for t in targets if t.embeddings is None]
+        raise NagError(f"--mode {mode} needs the targets' text to embed; {', '.join(missing)} came as features only")
+    return mode
+
+
+@dataclass
+class Scored:
+    """One target's candidate rows and the integer score that orders them (higher first),
+    with the NAG and embedding scores it came from where they were computed."""
+
+    rows: np.ndarray
+    key: np.ndarray  # int64, higher is better
+    nag: np.ndarray | None = None
+    embedding: np.ndarray | None = None
+
+
+def ranked_scores(index, live: np.ndarray, nag, target: Target, pool_vectors, opts: ScoringOptions,
+                  mode: str) -> Scored:
+    """The score each mode ranks by: NAG's, the embedding's, or the fusion of both orders."""
+    if mode == "nag":
+        rows, scores = nag
+        return Scored(rows, scores, nag=scores)
+    sims = emb.embedding_scores(pool_vectors, target.embeddings, how=opts.embedding_score,
+                                neighbours=opts.neighbours)
+    if mode == "embedding":
+        return Scored(live, sims, embedding=sims)
+    rows, scores = nag
+    if not np.array_equal(rows, live):
+        raise NagError("the rank fusion needs every live row's NAG score")  # an engine broke its contract
+    ids = index.docids().take(pa.array(live))
+    fused = emb.rrf_scores([scores, sims], ids, opts.rrf_k)
+    return Scored(live, fused, nag=scores, embedding=sims)
+
+
 def load_targets(index, targets, target_features, *, neuron_type: str, target_filter, target_filter_col: str,
-                 fmt: str, batch_size: int, progress: bool, target_texts: Any = None) -> list[Target]:
+                 fmt: str, batch_size: int, progress: bool, target_texts: Any = None,
+                 embed: bool = False) -> list[Target]:
     """Every target of a query, from texts, feature files, tables or arrays, in the order given.
 
     Targets are named after their files (stem), or `texts`/the dict keys;
-    a name that repeats gets ``#2``, ``#3``...
+    a name that repeats gets ``#2``, ``#3``... With `embed`, text targets are
+    also embedded with the index's embedder.
     """
 
     if isinstance(targets, (np.ndarray, Target, str, os.PathLike)) or is_table_like(targets):
@@ -196,11 +282,11 @@ def load_targets(index, targets, target_features, *, neuron_type: str, target_fi
             loaded.append(load_feature_target(index, item[1], neuron_type=neuron_type, **keep))
         elif isinstance(item, tuple) and len(item) == 3 and item[0] == "texts":
             loaded.append(load_text_target(index, None, texts=item[2], name=item[1], neuron_type=neuron_type,
-                                           batch_size=batch_size, progress=progress, **keep))
+                                           batch_size=batch_size, progress=progress, embed=embed, **keep))
         elif (isinstance(item, (str, os.PathLike)) or is_table_like(item)
               or (isinstance(item, list) and item and isinstance(item[0], (str, os.PathLike)))):
             loaded.append(load_text_target(index, item, neuron_type=neuron_type, fmt=fmt,
-                                           batch_size=batch_size, progress=progress, **keep))
+                                           batch_size=batch_size, progress=progress, embed=embed, **keep))
         else:
             loaded.append(as_target(index, item, i, neuron_type))
     seen: dict[str, int] = {}
@@ -224,16 +310,32 @@ def _per_target(target_filter, m: int) -> list:
 
 
 def target_profiles(index, targets: Sequence[Target], neuron_type: str, live: np.ndarray, *, power: float,
-                    layers, contrast: str | None) -> list[scoring.Profile]:
-    """The integer profile of each target (SPEC 2, or with the pool contrast)."""
+                    layers, contrast: str | None = None, weighting: str | None = None, slots: int | None = None,
+                    discount: str | None = None) -> list[scoring.Profile]:
+    """The integer profile of each target (SPEC 2, or weighted against the pool)."""
     spec = index.spec
-    pool_counts = pool_neuron_counts(index, neuron_type, live) if contrast == "pool" else None
+    if contrast == "pool":
+        weighting = "contrast"
+    needs_pool = weighting in ("idf", "contrast")
+    pool_counts = pool_neuron_counts(index, neuron_type, live, slots) if needs_pool else None
     return [
         scoring.build_profile(t.features, num_layers=spec.num_layers, top_k=spec.top_k, width=spec.width(neuron_type),
-                              power=power, layers=layers, pool_counts=pool_counts,
-                              pool_size=len(live), contrast=contrast)
+                              power=power, layers=layers, pool_counts=pool_counts, pool_size=len(live),
+                              weighting=weighting, slots=slots, discount=discount)
         for t in targets
     ]
+
+
+def profile_for(index, target_features: np.ndarray, options: ScoringOptions | None = None,
+                neuron_type: str = DEFAULT_NEURON_TYPE) -> scoring.Profile:
+    """The integer profile a query with `options` scores by (for `explain`, `plot`,
+    `deactivate`: the same weights, discount and K as the selection)."""
+    opts = options or ScoringOptions()
+    spec = index.spec
+    live = live_rows(index)
+    return target_profiles(index, [Target("target", np.asarray(target_features))], neuron_type, live,
+                           power=opts.power, layers=scoring.resolve_layers(opts.layers, spec.num_layers),
+                           weighting=opts.weighting, slots=opts.slots(spec.top_k), discount=opts.discount)[0]
 
 
 def candidate_request(index, targets: Sequence[Target], live: np.ndarray, *, fraction: float | None,
@@ -266,14 +368,17 @@ class Pick:
     distance: np.ndarray
     combined: np.ndarray | None = None
     missing_quality: int = 0
+    embedding: np.ndarray | None = None  # cosine (centroid) or mean top-k cosine, where used
+    fused: np.ndarray | None = None  # the reciprocal-rank fusion score, where used
 
 
-def select_one(index, candidates, profile: scoring.Profile, request: CandidateRequest, i: int, *,
+def select_one(index, scored: Scored, profile: scoring.Profile | None, request: CandidateRequest, i: int, *,
                quality_col: str | None, invert_quality: bool) -> Pick:
     """Target i's selection from its candidates: exact order (score, then docid), then the cut."""
     docids = index.docids()
     tokens = request.tokens
-    rows, scores = candidates.rows, candidates.scores
+    rows, scores = scored.rows, scored.key
+    nag, sims = scored.nag, scored.embedding
     combined, missing = None, 0
     keys = -scores
     total = int(tokens[request.live].sum())
@@ -281,6 +386,8 @@ def select_one(index, candidates, profile: scoring.Profile, request: CandidateRe
         q = quality_combination_for(index, rows, scores, profile, quality_col, invert_quality)
         missing = q.missing
         rows, scores, combined = rows[q.kept], scores[q.kept], q.combined
+        nag = nag[q.kept] if nag is not None else None
+        sims = sims[q.kept] if sims is not None else None
         keys = combined
         total = int(tokens[rows].sum())
     # every row live and in order: no need to copy the docids
@@ -290,8 +397,10 @@ def select_one(index, candidates, profile: scoring.Profile, request: CandidateRe
         picked = selection.top_selection(keys, ids, request.tops[i])
     else:
         picked = selection.budget_selection(keys, tokens[rows], ids, request.fractions[i], total_tokens=total)
-    return Pick(rows[picked], scoring.nag_distance(scores[picked], profile),
-                combined[picked] if combined is not None else None, missing)
+    distance = scoring.nag_distance(nag[picked], profile) if nag is not None else np.full(len(picked), np.nan)
+    fused = scores[picked] / emb.RRF_ONE if (nag is not None and sims is not None) else None
+    return Pick(rows[picked], distance, combined[picked] if combined is not None else None, missing,
+                embedding=sims[picked] / emb.COSINE_ONE if sims is not None else None, fused=fused)
 
 
 def mixture_table(index, picks: Sequence[Pick], names: Sequence[str], tokens: np.ndarray, *, dedupe: bool,
@@ -305,7 +414,11 @@ def mixture_table(index, picks: Sequence[Pick], names: Sequence[str], tokens: np
     if name_targets is None:
         name_targets = len(picks) > 1
     target_names = [names[w] for w in which] if name_targets else None
-    return _output_table(index, rows, distance, combined, target_names, tokens, with_text)
+    extra = {}
+    for col, attr in (("embedding_similarity", "embedding"), ("fusion_score", "fused")):
+        if picks and all(getattr(p, attr) is not None for p in picks):
+            extra[col] = np.concatenate([getattr(p, attr) for p in picks])[keep]
+    return _output_table(index, rows, distance, combined, target_names, tokens, with_text, extra)
 
 
 def quality_combination_for(index, rows, scores, profile, column, invert) -> selection.QualityCombination:
@@ -314,8 +427,8 @@ def quality_combination_for(index, rows, scores, profile, column, invert) -> sel
     return selection.quality_combination(-scores.astype(np.float64), quality, invert)
 
 
-def _output_table(index, rows, distance, combined, target_names, tokens, with_text) -> pa.Table:
-    hidden = {DOCID, TOKEN_NUM, "_row"} | {feature_column(t) for t in index.spec.neuron_types}
+def _output_table(index, rows, distance, combined, target_names, tokens, with_text, extra=None) -> pa.Table:
+    hidden = {DOCID, TOKEN_NUM, "_row", EMBEDDING} | {feature_column(t) for t in index.spec.neuron_types}
     if not with_text:
         hidden.add(TEXT)
     payload_cols = [c for c in index.columns() if c not in hidden]
@@ -324,8 +437,11 @@ def _output_table(index, rows, distance, combined, target_names, tokens, with_te
         DOCID: index.docids().take(pa.array(rows, type=pa.int64())),
         TOKEN_NUM: pa.array(tokens[rows], type=pa.int64()),
         DATASET: payload.column(DATASET) if DATASET in payload.column_names else pa.nulls(len(rows), pa.string()),
-        "nag_distance": pa.array(distance, type=pa.float64()),
+        # null where the NAG did not score (--mode embedding)
+        "nag_distance": pa.array(distance, type=pa.float64(), mask=np.isnan(np.asarray(distance, dtype=np.float64))),
     }
+    for name, values in (extra or {}).items():
+        cols[name] = pa.array(values, type=pa.float64())
     if combined is not None:
         cols["combined_score"] = pa.array(combined, type=pa.float64())
     if target_names is not None:
@@ -337,7 +453,8 @@ def _output_table(index, rows, distance, combined, target_names, tokens, with_te
 
 
 def _summary(table: pa.Table, live, live_tokens, plans, missing_quality, targets) -> dict:
-    dist = table.column("nag_distance").to_numpy() if table.num_rows else np.zeros(0)
+    dist = table.column("nag_distance").to_numpy(zero_copy_only=False) if table.num_rows else np.zeros(0)
+    dist = np.asarray(dist, dtype=np.float64)
     counts: dict[str, int] = {}
     for item in pc.value_counts(table.column(DATASET).cast(pa.string())).to_pylist():
         key = "(none)" if item["values"] is None else str(item["values"])
@@ -348,8 +465,8 @@ def _summary(table: pa.Table, live, live_tokens, plans, missing_quality, targets
         "selected_tokens": tokens,
         "pool_docs": int(len(live)),
         "pool_tokens": int(live_tokens),
-        "distance_min": float(dist.min()) if len(dist) else None,
-        "distance_max": float(dist.max()) if len(dist) else None,
+        "distance_min": float(np.nanmin(dist)) if len(dist) and not np.isnan(dist).all() else None,
+        "distance_max": float(np.nanmax(dist)) if len(dist) and not np.isnan(dist).all() else None,
         "datasets": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
         "targets": {t.name: int(len(t.features)) for t in targets},
         "missing_quality": int(missing_quality),

@@ -23,12 +23,15 @@ def live_rows(index) -> np.ndarray:
     return np.flatnonzero(mask).astype(np.int64)
 
 
-def pool_neuron_counts(index, neuron_type: str, live: np.ndarray) -> np.ndarray:
+def pool_neuron_counts(index, neuron_type: str, live: np.ndarray, slots: int | None = None) -> np.ndarray:
     """(L, width) number of live documents whose NAG holds each neuron: the
     posting-list sizes, less the replaced rows' entries (so the answer does
-    not change when `compact` drops them)."""
+    not change when `compact` drops them). With `slots` below the index's K
+    (the NAG at a smaller K) the lists do not tell, so the forward index is read."""
     spec = index.spec
     width = spec.width(neuron_type)
+    if slots is not None and slots != spec.top_k:
+        return _slot_counts(index, neuron_type, live, slots)
     sizes = index.posting_lists(neuron_type).sizes()
     if len(live) < index.num_rows:
         dead = np.setdiff1d(np.arange(index.num_rows, dtype=np.int64), live)
@@ -36,6 +39,21 @@ def pool_neuron_counts(index, neuron_type: str, live: np.ndarray) -> np.ndarray:
             read_rows(index, neuron_type, dead), num_layers=spec.num_layers, top_k=spec.top_k, width=width
         ).ravel()
     return sizes.reshape(spec.num_layers, width)
+
+
+def _slot_counts(index, neuron_type: str, live: np.ndarray, slots: int) -> np.ndarray:
+    """Document counts per (layer, neuron) over the first `slots` ranks of the live rows."""
+    spec = index.spec
+    width = spec.width(neuron_type)
+    is_live = np.zeros(index.num_rows, dtype=bool)
+    is_live[live] = True
+    counts = np.zeros((spec.num_layers, width), dtype=np.int64)
+    for first, matrix in index.feature_segments(neuron_type):
+        for start, block in iter_blocks(matrix, SCAN_BLOCK_ROWS):
+            keep = is_live[first + start : first + start + len(block)]
+            sub = scoring.select_slots(np.asarray(block)[keep], spec.num_layers, spec.top_k, slots)
+            counts += scoring.layer_counts(sub, num_layers=spec.num_layers, top_k=slots, width=width)
+    return counts
 
 
 def read_rows(index, neuron_type: str, rows: np.ndarray) -> np.ndarray:

@@ -8,9 +8,17 @@ scores and the docid tie-break (never the summation order) decides.
 
 - power 1 (the default): ``W`` holds the target counts and ``D = L*n*K``;
   this is SPEC 3 exactly, with no rounding at all.
-- any other power, or the pool contrast: ``W`` is the SPEC weight in fixed
-  point, ``round(w * 2**32)``, and ``D = L * 2**32``. The rounding error of
-  one weight is at most 2**-33, far below the 1e-6 the distances promise.
+- any other power, or another weighting (``idf``, ``contrast``): ``W`` is
+  the weight in fixed point, ``round(w * 2**32)``, and ``D = L * 2**32``. The
+  rounding error of one weight is at most 2**-33, far below the 1e-6 the
+  distances promise.
+- the document-side rank discount: slot r of a layer (r = 0 the strongest
+  neuron) counts ``round(2**20 / log2(r + 2))`` times its weight, and ``D``
+  gains a factor 2**20. The table is integer, so the sums stay exact.
+- ``slots`` < K uses only the first `slots` ranks of each layer (the NAG at
+  that K, since features are stored in rank order).
+
+docs/scoring.md gives every formula.
 
 Nothing here reads files; `query.py` feeds matrices in.
 """
@@ -29,6 +37,13 @@ FIXED_POINT_BITS = 32
 FIXED_POINT_ONE = 1 << FIXED_POINT_BITS
 
 CONTRASTS = (None, "none", "pool")
+# Profile weightings (docs/scoring.md): the SPEC's c**p, c**p times the pool
+# idf, and c**p times the pool lift (the earlier `--contrast pool`).
+WEIGHTINGS = ("spec", "idf", "contrast")
+# Document-side rank discounts: none (the SPEC) or 1 / log2(r + 2).
+DISCOUNTS = ("none", "log2")
+DISCOUNT_BITS = 20  # rounding <= 2**-21 of a weight; with 2**32 weights a layer sums below 2**52
+DISCOUNT_ONE = 1 << DISCOUNT_BITS
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,10 +63,28 @@ class Profile:
     power: float = 1.0
     contrast: str | None = None
     num_targets: int = 0
+    weighting: str = "spec"
+    slots: int | None = None  # ranks used per layer (None: all K)
+    discount: np.ndarray | None = None  # int64 per-slot multiplier (None: 1 each)
 
     @property
     def width(self) -> int:
         return int(self.weights.shape[1])
+
+    @property
+    def used_slots(self) -> int:
+        return self.top_k if self.slots is None else int(self.slots)
+
+    @property
+    def additive(self) -> bool:
+        """Whether a document's score is a plain sum of its neurons' weights over
+        all K slots: what the inverted lists (which do not record ranks) can bound."""
+        return self.discount is None and self.used_slots == self.top_k
+
+    def slot_multipliers(self) -> np.ndarray:
+        """The integer multiplier of each column `gather_plan` reads."""
+        disc = np.ones(self.used_slots, np.int64) if self.discount is None else self.discount
+        return np.tile(np.asarray(disc, dtype=np.int64), len(self.layers))
 
     def similarity(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores, dtype=np.float64) / float(self.denominator)
@@ -59,19 +92,22 @@ class Profile:
     def gather_plan(self) -> tuple[np.ndarray, np.ndarray]:
         """(columns, offsets): which feature columns the kernel reads, and where
         each column's layer starts in the flattened weight table."""
-        k = self.top_k
-        cols = np.array([l * k + r for l in self.layers for r in range(k)], dtype=np.int64)
+        k, used = self.top_k, self.used_slots
+        cols = np.array([l * k + r for l in self.layers for r in range(used)], dtype=np.int64)
         offs = np.array(
-            [i * self.width for i in range(len(self.layers)) for _ in range(k)], dtype=np.int64
+            [i * self.width for i in range(len(self.layers)) for _ in range(used)], dtype=np.int64
         )
         return cols, offs
 
     def max_score(self) -> int:
         """The largest score any document can reach: the K heaviest weights of
-        each kept layer (a NAG lists K distinct neurons per layer)."""
-        k = min(self.top_k, self.width)
-        top = -np.partition(-self.weights, k - 1, axis=1)[:, :k]
-        return int(top.sum())
+        each kept layer (a NAG lists K distinct neurons per layer), the heaviest
+        in the slot with the largest discount (the discount never grows with r)."""
+        k = min(self.used_slots, self.width)
+        top = -np.sort(-self.weights, axis=1)[:, :k]
+        if self.discount is None:
+            return int(top.sum())
+        return int((top * np.asarray(self.discount[:k], dtype=np.int64)[None, :]).sum())
 
 
 # -- layers ------------------------------------------------------------------
@@ -146,6 +182,48 @@ def layer_counts(features: np.ndarray, *, num_layers: int, top_k: int, width: in
     return np.bincount(flat.ravel(), minlength=num_layers * width).reshape(num_layers, width)
 
 
+def select_slots(features: np.ndarray, num_layers: int, top_k: int, slots: int) -> np.ndarray:
+    """The first `slots` ranks of each layer (the NAG at K = slots), layer-major."""
+    if slots == top_k:
+        return features
+    cols = np.array([l * top_k + r for l in range(num_layers) for r in range(slots)], dtype=np.int64)
+    return np.ascontiguousarray(np.asarray(features)[:, cols])
+
+
+def resolve_slots(slots, top_k: int) -> int:
+    """Ranks used per layer at query time: None means all K; more than K is an error."""
+    if slots is None:
+        return top_k
+    slots = int(slots)
+    if not 1 <= slots <= top_k:
+        raise NagError(f"K={slots} at query time needs 1 <= K <= {top_k}, the K this index was built with")
+    return slots
+
+
+def discount_table(discount: str | None, slots: int) -> np.ndarray | None:
+    """Per-slot integer multipliers: None for no discount, else round(2**20 / log2(r + 2))."""
+    if discount in (None, "none"):
+        return None
+    if discount != "log2":
+        raise NagError(f"unknown rank discount {discount!r}; use {' or '.join(DISCOUNTS)}")
+    r = np.arange(slots, dtype=np.float64)
+    return np.rint(DISCOUNT_ONE / np.log2(r + 2.0)).astype(np.int64)
+
+
+def idf_weights(counts: np.ndarray, pool_counts: np.ndarray, *, pool_size: int, power: float) -> np.ndarray:
+    """idf weights per layer (floats summing to 1 per layer, or 0).
+
+    raw[l, j] = c[l, j]**p * ln((N + 1) / (pool[l, j] + 1)): the SPEC's target
+    frequency times the smoothed inverse document frequency of the neuron in
+    the pool (N documents), so neurons that fire for every document weigh ~0.
+    """
+    c = counts.astype(np.float64)
+    idf = np.log((pool_size + 1.0) / (pool_counts.astype(np.float64) + 1.0))
+    raw = np.where(c > 0, np.power(np.where(c > 0, c, 1.0), power), 0.0) * np.maximum(idf, 0.0)
+    sums = raw.sum(axis=1, keepdims=True)
+    return np.where(sums > 0, raw / np.where(sums > 0, sums, 1.0), 0.0)
+
+
 def _fixed_point(weights: np.ndarray) -> np.ndarray:
     return np.rint(weights * FIXED_POINT_ONE).astype(np.int64)
 
@@ -183,43 +261,71 @@ def build_profile(
     pool_counts: np.ndarray | None = None,
     pool_size: int | None = None,
     contrast: str | None = None,
+    weighting: str | None = None,
+    slots: int | None = None,
+    discount: str | None = None,
 ) -> Profile:
     """The target profile of SPEC 2 as an integer weight table.
 
     `target_features` is (n, L*K) in the full layer layout; `layers` picks the
-    layers used (SPEC 4 layer subset). `contrast="pool"` needs `pool_counts`
-    (L, width) document counts per neuron over the pool and `pool_size` (see
-    `contrast_weights`); the default (None / "none") is the plain SPEC profile.
+    layers used (SPEC 4 layer subset); `slots` the ranks used per layer (the
+    NAG at a smaller K; None = all K). `weighting`: "spec" (SPEC 2, the
+    default), "idf" or "contrast" (see `idf_weights`, `contrast_weights`);
+    both need `pool_counts` (L, width), the number of pool documents whose
+    first `slots` ranks of layer l hold neuron j, and `pool_size`.
+    `contrast="pool"` is the older name of weighting "contrast".
+    `discount`: "none" or "log2", the document-side rank discount.
     """
     if contrast == "none":
         contrast = None
     if contrast not in CONTRASTS:
         raise NagError(f"unknown contrast {contrast!r}; use none or pool")
+    if contrast == "pool":
+        if weighting not in (None, "spec", "contrast"):
+            raise NagError(f"--contrast pool and the weighting {weighting} contradict each other")
+        weighting = "contrast"
+    weighting = weighting or "spec"
+    if weighting not in WEIGHTINGS:
+        raise NagError(f"unknown weighting {weighting!r}; use {', '.join(WEIGHTINGS)}")
     power = float(power)
     if not np.isfinite(power) or power < 0:
         raise NagError(f"power must be a finite number >= 0, got {power}")
     kept = resolve_layers(layers, num_layers)
+    used = resolve_slots(slots, top_k)
+    disc = discount_table(discount, used)
     n = int(np.asarray(target_features).shape[0])
     if n == 0:
         raise NagError("the target set is empty")
-    counts = layer_counts(target_features, num_layers=num_layers, top_k=top_k, width=width)
+    target_features = np.asarray(target_features)
+    if target_features.ndim != 2 or target_features.shape[1] != num_layers * top_k:
+        raise NagError(
+            f"features have shape {target_features.shape}, expected (n, {num_layers * top_k}) "
+            f"for L={num_layers}, K={top_k}"
+        )
+    counts = layer_counts(select_slots(target_features, num_layers, top_k, used), num_layers=num_layers,
+                          top_k=used, width=width)
     counts = counts[list(kept)]
     n_layers = len(kept)
-    if contrast == "pool":
+    if weighting in ("idf", "contrast"):
         if pool_counts is None or pool_size is None:
-            raise NagError("the pool contrast needs the pool's neuron counts")
+            raise NagError(f"the {weighting} weighting needs the pool's neuron counts")
         pool = np.asarray(pool_counts)[list(kept)]
-        w = contrast_weights(counts, pool, num_targets=n, pool_size=pool_size, power=power)
+        if weighting == "idf":
+            w = idf_weights(counts, pool, pool_size=pool_size, power=power)
+        else:
+            w = contrast_weights(counts, pool, num_targets=n, pool_size=pool_size, power=power)
         weights, denominator = _fixed_point(w), n_layers * FIXED_POINT_ONE
     elif power == 1.0:
         # Every layer's counts sum to n*K: the SPEC weight is c / (n*K) exactly.
-        weights, denominator = counts.astype(np.int64), n_layers * n * top_k
+        weights, denominator = counts.astype(np.int64), n_layers * n * used
     else:
         c = counts.astype(np.float64)
         # Absent neurons are outside the profile and weigh 0 (also for p = 0).
         raw = np.where(c > 0, np.power(c, power), 0.0)
         w = raw / raw.sum(axis=1, keepdims=True)
         weights, denominator = _fixed_point(w), n_layers * FIXED_POINT_ONE
+    if disc is not None:
+        denominator *= DISCOUNT_ONE
     return Profile(
         weights=np.ascontiguousarray(weights, dtype=np.int64),
         denominator=int(denominator),
@@ -227,8 +333,11 @@ def build_profile(
         num_layers=num_layers,
         top_k=top_k,
         power=power,
-        contrast=contrast,
+        contrast="pool" if weighting == "contrast" else None,
         num_targets=n,
+        weighting=weighting,
+        slots=None if used == top_k else used,
+        discount=disc,
     )
 
 
@@ -288,7 +397,7 @@ def kernel_tables(profile: Profile) -> tuple[np.ndarray | None, np.ndarray, np.n
     if profile.max_score() <= INT32_MAX:
         table = table.astype(np.int32)
         offs = offs.astype(np.int32)
-    all_cols = len(profile.layers) == profile.num_layers
+    all_cols = len(profile.layers) == profile.num_layers and profile.used_slots == profile.top_k
     return (None if all_cols else cols), offs, np.ascontiguousarray(table)
 
 
@@ -296,6 +405,23 @@ def _numpy_gather_sum(features, cols, table, offs, out) -> None:
     idx = (features if cols is None else features[:, cols]).astype(np.int64)
     idx += offs
     np.sum(np.take(table, idx), axis=1, dtype=np.int64, out=out)
+
+
+def _score_weighted(features: np.ndarray, profile: Profile, kernel: str, out: np.ndarray) -> None:
+    """Scores with a per-slot multiplier (the rank discount): int64 throughout."""
+    cols, offs = profile.gather_plan()
+    mult = profile.slot_multipliers()
+    table = np.ascontiguousarray(profile.weights.ravel(), dtype=np.int64)
+    n = features.shape[0]
+    if kernel == "numba" and HAVE_NUMBA:
+        k = numba_kernels()
+        for start in range(0, n, BLOCK_ROWS):
+            block = _uint16_block(features[start : start + BLOCK_ROWS])
+            k.gather_sum_weighted(block, cols, offs, mult, table, out[start : start + BLOCK_ROWS])
+        return
+    for start in range(0, n, NUMPY_STEP_ROWS):
+        idx = features[start : start + NUMPY_STEP_ROWS][:, cols].astype(np.int64) + offs
+        np.sum(np.take(table, idx) * mult, axis=1, dtype=np.int64, out=out[start : start + NUMPY_STEP_ROWS])
 
 
 def _check_shape(features: np.ndarray, profile: Profile) -> np.ndarray:
@@ -347,8 +473,11 @@ def score_features(features: np.ndarray, profile: Profile, *, kernel: str | None
     out = np.empty(n, dtype=np.int64)
     if n == 0:
         return out
-    cols, offs, table = kernel_tables(profile)
     kernel = kernel or choose_kernel(n)
+    if profile.discount is not None:
+        _score_weighted(features, profile, kernel, out)
+        return out
+    cols, offs, table = kernel_tables(profile)
     if kernel == "numba" and HAVE_NUMBA:
         k = numba_kernels()
         for start in range(0, n, BLOCK_ROWS):
@@ -378,7 +507,7 @@ def score_features_many(features: np.ndarray, profiles, *, kernel: str | None = 
     kernel = kernel or choose_kernel(n * len(profiles))
     plans = [kernel_tables(p) for p in profiles]
     shared = all(
-        c is None and t.dtype == plans[0][2].dtype and p.num_layers == profiles[0].num_layers
+        c is None and p.discount is None and t.dtype == plans[0][2].dtype and p.num_layers == profiles[0].num_layers
         and p.top_k == profiles[0].top_k and p.width == profiles[0].width
         for p, (c, _, t) in zip(profiles, plans)
     )

@@ -19,11 +19,13 @@ from nagindex.sources import read_documents, source_name, texts_table
 
 @dataclass
 class Target:
-    """One target set: its name (shown in the `target` column) and its NAG
-    features for the queried neuron type, (n, L*K) uint16."""
+    """One target set: its name (shown in the `target` column), its NAG
+    features for the queried neuron type, (n, L*K) uint16, and where known
+    its embeddings, (n, dim) unit vectors made by the index's embedder."""
 
     name: str
     features: np.ndarray
+    embeddings: np.ndarray | None = None
 
 
 def _expand(pattern: str | os.PathLike) -> list[Path]:
@@ -51,10 +53,12 @@ def _filter_rows(table: pa.Table, value: str | None, column: str, source: str) -
 
 def load_text_target(index, source, *, neuron_type: str, target_filter=None, target_filter_col=DATASET,
                      fmt: str = "auto", batch_size: int = 32, progress: bool = False,
-                     texts: list[str] | None = None, name: str | None = None) -> Target:
+                     texts: list[str] | None = None, name: str | None = None,
+                     embed: bool = False) -> Target:
     """Read raw target documents (files, directories, globs or a table in memory; or
     `texts`, strings given as such) and extract their NAG with the index's own
-    backbone and settings (K, max_length)."""
+    backbone and settings (K, max_length); with `embed`, also their embeddings
+    with the index's embedder."""
     from nagindex.extraction.features import extract_texts
 
     if texts is not None:
@@ -67,16 +71,18 @@ def load_text_target(index, source, *, neuron_type: str, target_filter=None, tar
     if docs.num_rows == 0:
         raise NagError(f"the target {name} is empty" + (" after filtering" if target_filter is not None else ""))
     spec = index.spec
+    texts = docs.column(TEXT).to_pylist()
     feats = extract_texts(
         index.backbone(),
-        docs.column(TEXT).to_pylist(),
+        texts,
         neuron_types=(neuron_type,),
         top_k=spec.top_k,
         max_length=spec.max_length,
         batch_size=batch_size,
         progress=progress,
     )
-    return Target(name, feats[neuron_type])
+    vectors = index.embedder().encode(texts) if embed else None
+    return Target(name, feats[neuron_type], vectors)
 
 
 def load_feature_target(index, source, *, neuron_type: str, target_filter=None,

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from nagindex.errors import NagError
 from nagindex.store.manifest import Manifest
-from nagindex.schemas import DOCID, ROW, TOKEN_NUM, FeatureSpec, feature_column, payload_fields
+from nagindex.schemas import DOCID, EMBEDDING, ROW, TOKEN_NUM, FeatureSpec, feature_column, payload_fields
 
 
 def table_names(db) -> list[str]:
@@ -36,6 +36,10 @@ def new_payload_fields(docs: pa.Schema, schema: pa.Schema, spec: FeatureSpec) ->
 def conform(docs: pa.Table, schema: pa.Schema, spec: FeatureSpec) -> pa.Table:
     """Cast a document batch to the index's payload columns (missing ones become null)."""
     wanted = {f.name for f in payload_fields(schema, spec)} | {DOCID, TOKEN_NUM, "dataset"}
+    if EMBEDDING in schema.names:
+        if EMBEDDING not in docs.column_names:
+            raise NagError("this index stores an embedding per document, and these documents come without one")
+        wanted.add(EMBEDDING)
     extra = [c for c in docs.column_names if c not in wanted and c not in {feature_column(t) for t in spec.neuron_types}]
     if extra:
         have = ", ".join(f.name for f in payload_fields(schema, spec)) or "none"

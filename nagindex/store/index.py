@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 from nagindex.errors import NagError
 from nagindex.schemas import (
     DEFAULT_NEURON_TYPE,
+    EMBEDDING,
     ROW,
     UNKNOWN_HASH,
     FeatureSpec,
@@ -357,7 +358,7 @@ class IndexSnapshot:
             raise NagError(f"row numbers must be in 0..{self.num_rows - 1}")
         available = self.columns()
         if columns is None:
-            hidden = {ROW} | {feature_column(t) for t in self.spec.neuron_types}
+            hidden = {ROW, EMBEDDING} | {feature_column(t) for t in self.spec.neuron_types}
             columns = [c for c in available if c not in hidden]
         else:
             columns = list(columns)
@@ -398,6 +399,37 @@ class IndexSnapshot:
         if pos.null_count:
             raise NagError(f"index {self.path} changed while it was read (documents were replaced); run the command again")
         return newer._take_sorted(newer._lance(), live_rows[pos.to_numpy(zero_copy_only=False)], columns)
+
+    @property
+    def has_embeddings(self) -> bool:
+        return self.manifest.embedder is not None
+
+    def embeddings(self, rows: np.ndarray | Sequence[int]) -> np.ndarray:
+        """(len(rows), dim) float32 unit vectors of the documents at global `rows`."""
+        if not self.has_embeddings:
+            raise NagError(f"index {self.path} has no embeddings; build it with --embedder")
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        dim = int(self.manifest.embedding_dim)
+        out = np.empty((len(rows), dim), dtype=np.float32)
+        step = 16 * self.batch_rows
+        for start in range(0, len(rows), step):
+            col = self.take(rows[start : start + step], [EMBEDDING]).column(EMBEDDING).combine_chunks()
+            out[start : start + len(col)] = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), dim)
+        return out
+
+    def embedder(self):
+        """The embedder that embedded the documents (loaded on first use)."""
+        if not self.has_embeddings:
+            raise NagError(f"index {self.path} has no embeddings; build it with --embedder")
+        if getattr(self, "_embedder", None) is None:
+            from nagindex.extraction.embedder import load_embedder
+
+            embedder = load_embedder(self.manifest.embedder)
+            if embedder.dim != self.manifest.embedding_dim:
+                raise NagError(f"the embedder {self.manifest.embedder} makes vectors of {embedder.dim}, "
+                               f"the index holds {self.manifest.embedding_dim}")
+            self._embedder = embedder
+        return self._embedder
 
     def backbone(self, *, device=None, dtype=None):
         """The backbone that made the features (loaded on first use, from `model`
@@ -445,6 +477,8 @@ class IndexSnapshot:
             "neuron_types": list(spec.neuron_types),
             "layer_widths": {t: spec.layer_widths[t] for t in spec.neuron_types},
             "max_length": spec.max_length,
+            "embedder": m.embedder,
+            "embedding_dim": m.embedding_dim,
             "schema_version": m.schema_version,
             "generation": m.generation,
             "version": m.generation,

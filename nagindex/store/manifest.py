@@ -62,6 +62,8 @@ class Manifest:
     # file the commit names (see `checksums`); empty for indexes written before
     checksums: dict = field(default_factory=dict, compare=False)
     postings: bool = True  # segments carry inverted lists (`nag index build --no-postings`: not)
+    embedder: str | None = None  # what embeds documents (extraction.embedder.load_embedder), if any
+    embedding_dim: int | None = None
 
     @property
     def num_rows(self) -> int:
@@ -92,6 +94,8 @@ class Manifest:
             "num_rows": self.num_rows,
             "checksums": dict(sorted(self.checksums.items())),
             "postings": self.postings,
+            "embedder": self.embedder,
+            "embedding_dim": self.embedding_dim,
         }
 
     @classmethod
@@ -116,6 +120,8 @@ class Manifest:
             schema_version=version,
             checksums=_checksums(d.get("checksums", {})),
             postings=bool(d.get("postings", True)),
+            embedder=d.get("embedder"),
+            embedding_dim=None if d.get("embedding_dim") is None else int(d["embedding_dim"]),
         )
         check_segments_contiguous(m.segments)
         if int(d.get("num_rows", m.num_rows)) != m.num_rows:

@@ -104,9 +104,11 @@ def _write_failure(exc: BaseException) -> bool:
 # -- create, lock, recover -------------------------------------------------------------
 
 
-def create_index(path: str | os.PathLike, spec: FeatureSpec, *, postings: bool = True) -> Path:
+def create_index(path: str | os.PathLike, spec: FeatureSpec, *, postings: bool = True, embedder: str | None = None,
+                 embedding_dim: int | None = None) -> Path:
     """Make an empty index directory for features made as `spec` says (with inverted
-    lists in every segment, or with `postings=False` none: 4.8 of ~7 kB a document)."""
+    lists in every segment, or with `postings=False` none: 4.8 of ~7 kB a document;
+    and, with `embedder`, an embedding of `embedding_dim` per document)."""
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise NagError(f"{path} already exists and is not empty; choose a new directory for the index")
@@ -114,7 +116,8 @@ def create_index(path: str | os.PathLike, spec: FeatureSpec, *, postings: bool =
         path.mkdir(parents=True, exist_ok=True)
         (path / SEGMENTS_DIR).mkdir(exist_ok=True)
         (path / LOCK_NAME).touch()
-        commit(path, Manifest(spec=spec, postings=postings))
+        commit(path, Manifest(spec=spec, postings=postings, embedder=embedder,
+                              embedding_dim=None if embedder is None else int(embedding_dim)))
     except OSError as e:
         raise NagError(os_error_message(e, path, "creating")) from None
     return path
@@ -434,7 +437,7 @@ def _append_locked(index, manifest: Manifest, batches: Batches, replace: bool, c
             docs = ingest.fill_token_num(docs, count_tokens, "documents")
             tokens.add(docs.column(TOKEN_NUM))
             if table is None:
-                schema = index_schema(spec, docs.schema)
+                schema = index_schema(spec, docs.schema, manifest.embedding_dim)
                 table = db.create_table(manifest.lance_table, schema=schema, mode="overwrite")
                 created_table = True
             new_fields = doctable.new_payload_fields(docs.schema, schema, spec)

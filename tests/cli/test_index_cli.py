@@ -40,7 +40,8 @@ def invoke(*args):
 def test_build_append_info_compact(tmp_path):
     idx = tmp_path / "idx"
     pool, feats_file, feats = write_inputs(tmp_path, "pool", [f"a{i}" for i in range(12)], 1)
-    res = invoke("build", idx, pool, "--features", feats_file, "--no-progress")
+    # a tiny hashed embedder stands in for the default all-MiniLM-L6-v2 (tests load no model)
+    res = invoke("build", idx, pool, "--features", feats_file, "--no-progress", "--embedder", "hash:8")
     assert res.exit_code == 0, res.output
     assert "indexed 12 documents (78 tokens)" in res.output
 
@@ -66,6 +67,11 @@ def test_build_append_info_compact(tmp_path):
     assert index.info()["deltas_pending"] == 0 and index.num_rows == 13
     by_id = dict(zip(index.docids().to_pylist(), index.features("fwd_up").tolist()))
     assert by_id["a3"] == feats2[0].tolist() and by_id["a0"] == feats[0].tolist()
+    # appends embedded their documents and compaction kept every vector
+    from nagindex.extraction.embedder import hashed_embeddings
+
+    texts = index.take(np.arange(13), ["doc"]).column("doc").to_pylist()
+    assert np.array_equal(index.embeddings(np.arange(13)), hashed_embeddings(texts, 8))
 
 
 @pytest.mark.parametrize(
@@ -77,7 +83,7 @@ def test_build_append_info_compact(tmp_path):
 )
 def test_bad_pool_exits_2_and_leaves_nothing(tmp_path, token_num, message):
     pool, feats_file, _ = write_inputs(tmp_path, "pool", ["a", "b", "c"], 3, token_num=token_num)
-    res = invoke("build", tmp_path / "idx", pool, "--features", feats_file, "--no-progress")
+    res = invoke("build", tmp_path / "idx", pool, "--features", feats_file, "--no-progress", "--embedder", "none")
     assert res.exit_code == 2, res.output
     assert message in res.output and len(res.output.strip().splitlines()) == 1
     assert not (tmp_path / "idx").exists()
@@ -86,7 +92,8 @@ def test_bad_pool_exits_2_and_leaves_nothing(tmp_path, token_num, message):
 def test_pool_without_token_num_and_no_model(tmp_path):
     pq.write_table(pa.table({"docid": ["a"], "doc": ["text"]}), tmp_path / "pool.parquet")
     write_features_parquet(tmp_path / "f.parquet", ["a"], {"fwd_up": features_for(1, 4)}, SPEC)
-    res = invoke("build", tmp_path / "idx", tmp_path / "pool.parquet", "--features", tmp_path / "f.parquet", "--no-progress")
+    res = invoke("build", tmp_path / "idx", tmp_path / "pool.parquet", "--features", tmp_path / "f.parquet", "--no-progress",
+                 "--embedder", "none")
     assert res.exit_code == 2 and "no token_num" in res.output and "--model" in res.output
 
 
@@ -96,7 +103,7 @@ def test_errors_on_wrong_directories(tmp_path):
     pool, feats_file, _ = write_inputs(tmp_path, "pool", ["a"], 5)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    res = invoke("build", tmp_path / "full", pool, "--features", feats_file)
+    res = invoke("build", tmp_path / "full", pool, "--features", feats_file, "--embedder", "none")
     assert res.exit_code == 2 and "not empty" in res.output
     res = invoke("append", tmp_path / "nope", pool, "--features", feats_file)
     assert res.exit_code == 2 and "not a nagindex index" in res.output
@@ -107,4 +114,4 @@ def test_help_texts_teach():
         res = invoke(command, "--help")
         assert res.exit_code == 0
     assert "--replace" in invoke("append", "--help").output
-    assert "Default: 20" in invoke("build", "--help").output
+    assert "Default: 100" in invoke("build", "--help").output and "paper" in invoke("build", "--help").output

@@ -252,11 +252,12 @@ def store_index(tmp_path_factory):
         "token_num": pa.array(rng.integers(0, 50, n), pa.int64()),
         "dataset": rng.choice(["web", "code"], n).tolist(),
         "quality": pa.array([None if rng.random() < 0.1 else float(rng.integers(0, 5)) for _ in range(n)]),
+        "doc": [" ".join(f"w{int(x)}" for x in rng.integers(0, 12, 5)) for _ in range(n)],
     })
     spec = FeatureSpec(backbone="synthetic", backbone_hash="0" * 16, num_layers=L, top_k=K,
                        neuron_types=("fwd_up",), layer_widths={"fwd_up": W})
     path = tmp_path_factory.mktemp("rank") / "idx"
-    index = Index.create(path, spec)
+    index = Index.create(path, spec, embedder="hash:8")  # embeddings for the fusion modes
     index.batch_rows = 400  # several Lance fragments, so the scan has several blocks
     index.append(documents=payload, feature_arrays={"fwd_up": feats}, progress=False)
     again = Index.open(path)
@@ -279,7 +280,9 @@ def _ray_scan_instead_of_inverted_lists(monkeypatch, blocks):
 @pytest.mark.parametrize("blocks", [1, 7])
 def test_ray_scan_selects_what_the_local_engine_selects(store_index, monkeypatch, blocks):
     index, targets = store_index
+    # the inverted path is taken by the additive (SPEC) scores only: the paper preset
     cases = [dict(fraction=0.2), dict(fraction=0.01), dict(top=25), dict(top=2), dict(fraction=0.3, layers="last")]
+    cases = [dict(kw, preset="paper") for kw in cases]
     local = {i: Q.run_query(index, targets, plan="scan", **kw).table for i, kw in enumerate(cases)}
     _ray_scan_instead_of_inverted_lists(monkeypatch, blocks)
     for i, kw in enumerate(cases):
@@ -311,8 +314,20 @@ def test_run_query_with_engine_ray(store_index):
             pytest.skip("run_query has no ray engine yet (query integration pending)")
         raise
     cases = [dict(fraction=0.2), dict(top=25), dict(fraction=0.2, dedupe=True), dict(quality_col="quality", fraction=0.2),
-             dict(contrast="pool", fraction=0.1)]
+             dict(contrast="pool", fraction=0.1), dict(preset="paper", top=30),
+             dict(weighting="spec", discount="log2", top_k=2, fraction=0.1)]
     for kw in cases:
         want = Q.run_query(index, targets, **kw).table
         got = index.run_query(targets, engine="ray", **kw).table
         assert got.equals(want), kw
+    # the embedding and fusion modes: targets with their embeddings
+    from nagindex.ranking.targets import Target
+
+    rows = [np.arange(0, 40), np.arange(100, 130)]
+    with_vectors = [Target(f"t{i}", index.features()[r], index.embeddings(r)) for i, r in enumerate(rows)]
+    for kw in (dict(top=40), dict(mode="embedding", embedding_score="nn", neighbours=3, fraction=0.1),
+               dict(mode="fusion", quality_col="quality", fraction=0.2)):
+        want = Q.run_query(index, with_vectors, **kw)
+        got = index.run_query(with_vectors, engine="ray", **kw)
+        assert got.table.equals(want.table), kw
+        assert got.summary["mode"] == (kw.get("mode") or "fusion")

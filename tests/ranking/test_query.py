@@ -1,6 +1,7 @@
 """`run_query` / `nag query`: the scan against a plain SPEC reference, the
 inverted lists against the scan, the variants, and bad input."""
 
+import functools
 import math
 from collections import Counter
 from fractions import Fraction
@@ -23,6 +24,11 @@ from nagindex.schemas import FeatureSpec
 from nagindex.store.postings import PostingLists, StackedPostingLists, layer_postings
 
 from test_scoring import random_features
+
+# These tests check the SPEC formula: they query with the paper preset (the
+# default configuration's own paths are tested in tests/ranking/test_scoring_options.py).
+paper_query = functools.partial(Q.run_query, preset="paper")
+
 
 
 # ---------------------------------------------------------------------------
@@ -179,7 +185,7 @@ def test_scan_matches_the_reference(case):
     L, K, W, n, seed, n_target, power, layers, top, fraction, replaced = case
     index, rng = _case_index(L, K, W, n, seed, replaced)
     target = random_features(rng, n_target, L, K, W)
-    res = Q.run_query(index, [target], fraction=fraction, top=top, power=power, layers=layers, plan="scan")
+    res = paper_query(index, [target], fraction=fraction, top=top, power=power, layers=layers, plan="scan")
     kept_layers = list({"all": range(L), "first": [0], "last": [L - 1], "0": [0]}[layers])
     sims = ref_similarities(target, index._features, L, K, list(kept_layers), power)
     if power != 1.0:
@@ -221,8 +227,8 @@ def test_inverted_lists_give_the_scan_answer(case):
         index, rng = _case_index(L, K, W, n, seed, replaced)
         target = random_features(rng, n_target, L, K, W)
         kw = dict(fraction=fraction, top=top, power=power, layers=layers)
-        scan = Q.run_query(index, [target], plan="scan", **kw)
-        inv = Q.run_query(index, [target], plan="inverted", **kw)
+        scan = paper_query(index, [target], plan="scan", **kw)
+        inv = paper_query(index, [target], plan="inverted", **kw)
     assert inv.table.column("docid").to_pylist() == scan.table.column("docid").to_pylist()
     assert inv.table.column("nag_distance").to_pylist() == scan.table.column("nag_distance").to_pylist()
 
@@ -233,8 +239,8 @@ def test_inverted_path_prunes_on_a_skewed_pool(tight_inverted):
     L, K, W = 3, 4, 64
     index = MemoryIndex(make_spec(L, K, W), *make_pool(rng, 3000, L, K, W))
     target = index._features[:3]  # three pool docs as the target: they must come first
-    inv = Q.run_query(index, [target], top=5, plan="inverted")
-    scan = Q.run_query(index, [target], top=5, plan="scan")
+    inv = paper_query(index, [target], top=5, plan="inverted")
+    scan = paper_query(index, [target], top=5, plan="scan")
     assert inv.plans[0].path == "inverted", inv.explain()
     assert inv.plans[0].stats["candidates"] < 3000
     assert inv.table.column("docid").to_pylist() == scan.table.column("docid").to_pylist()
@@ -248,9 +254,9 @@ def test_inverted_path_falls_back_to_the_scan_when_it_cannot_prove(monkeypatch):
     rng = np.random.default_rng(8)
     index = MemoryIndex(make_spec(2, 3, 10), *make_pool(rng, 200, 2, 3, 10))
     target = random_features(rng, 4, 2, 3, 10)
-    res = Q.run_query(index, [target], top=3, plan="inverted")
+    res = paper_query(index, [target], top=3, plan="inverted")
     assert res.plans[0].path == "scan" and "fell back" in res.plans[0].reason
-    assert res.table.column("docid").to_pylist() == Q.run_query(index, [target], top=3, plan="scan").table.column("docid").to_pylist()
+    assert res.table.column("docid").to_pylist() == paper_query(index, [target], top=3, plan="scan").table.column("docid").to_pylist()
 
 
 def test_planner_choices():
@@ -273,12 +279,12 @@ def pool_index():
 def test_mixture_splits_the_fraction_and_labels_targets(pool_index):
     index, rng = pool_index
     t1, t2 = random_features(rng, 5, 3, 3, 12), random_features(rng, 5, 3, 3, 12)
-    mix = Q.run_query(index, [t1, t2], fraction=0.4)
-    one = Q.run_query(index, [t1], fraction=0.2).table
-    two = Q.run_query(index, [t2], fraction=0.2).table
+    mix = paper_query(index, [t1, t2], fraction=0.4)
+    one = paper_query(index, [t1], fraction=0.2).table
+    two = paper_query(index, [t2], fraction=0.2).table
     assert mix.table.column("docid").to_pylist() == one.column("docid").to_pylist() + two.column("docid").to_pylist()
     assert mix.table.column("target").to_pylist() == ["target0"] * one.num_rows + ["target1"] * two.num_rows
-    dedup = Q.run_query(index, [t1, t2], fraction=0.4, dedupe=True).table
+    dedup = paper_query(index, [t1, t2], fraction=0.4, dedupe=True).table
     ids = dedup.column("docid").to_pylist()
     assert len(ids) == len(set(ids)) and ids == list(dict.fromkeys(mix.table.column("docid").to_pylist()))
     # the distances follow their rows through the dedupe
@@ -289,14 +295,14 @@ def test_mixture_splits_the_fraction_and_labels_targets(pool_index):
 def test_top_is_split_over_targets(pool_index):
     index, rng = pool_index
     ts = [random_features(rng, 3, 3, 3, 12) for _ in range(3)]
-    res = Q.run_query(index, ts, top=7)
+    res = paper_query(index, ts, top=7)
     assert res.table.column("target").to_pylist() == ["target0"] * 3 + ["target1"] * 2 + ["target2"] * 2
 
 
 def test_quality_combination_ranks_by_the_combined_score(pool_index):
     index, rng = pool_index
     target = random_features(rng, 5, 3, 3, 12)
-    res = Q.run_query(index, [target], fraction=0.3, quality_col="quality", invert_quality=True)
+    res = paper_query(index, [target], fraction=0.3, quality_col="quality", invert_quality=True)
     q = index._payload.column("quality").to_pylist()
     assert res.summary["missing_quality"] == sum(v is None for v in q)
     # reference: min-max both over rows with quality, 1 - q, sum, sort by (combined, docid)
@@ -322,10 +328,10 @@ def test_quality_combination_ranks_by_the_combined_score(pool_index):
 def test_output_columns_and_text(pool_index):
     index, rng = pool_index
     target = random_features(rng, 4, 3, 3, 12)
-    res = Q.run_query(index, [target], top=5)
+    res = paper_query(index, [target], top=5)
     assert res.table.column_names[:4] == ["docid", "token_num", "dataset", "nag_distance"]
     assert "doc" not in res.table.column_names and "quality" in res.table.column_names
-    assert "doc" in Q.run_query(index, [target], top=5, with_text=True).table.column_names
+    assert "doc" in paper_query(index, [target], top=5, with_text=True).table.column_names
     s = res.summary
     assert s["selected_docs"] == 5 and sum(s["datasets"].values()) == 5
 
@@ -333,10 +339,10 @@ def test_output_columns_and_text(pool_index):
 def test_layer_subset_applies_to_target_and_pool(pool_index):
     index, rng = pool_index
     target = random_features(rng, 4, 3, 3, 12)
-    last = Q.run_query(index, [target], top=10, layers="last").table
+    last = paper_query(index, [target], top=10, layers="last").table
     # the same as indexing only layer 2 of everything
     sub = MemoryIndex(make_spec(1, 3, 12), np.ascontiguousarray(index._features[:, 6:9]), index._payload)
-    only = Q.run_query(sub, [target[:, 6:9]], top=10).table
+    only = paper_query(sub, [target[:, 6:9]], top=10).table
     assert last.column("docid").to_pylist() == only.column("docid").to_pylist()
     assert last.column("nag_distance").to_pylist() == only.column("nag_distance").to_pylist()
 
@@ -355,11 +361,11 @@ def test_bad_query_arguments(pool_index):
         (dict(neuron_type="att_q"), "neuron type"),
     ]:
         with pytest.raises(NagError, match=msg):
-            Q.run_query(index, [target], **kw)
+            paper_query(index, [target], **kw)
     with pytest.raises(NagError, match="no target"):
-        Q.run_query(index, [])
+        paper_query(index, [])
     with pytest.raises(NagError, match="empty"):
-        Q.run_query(index, [target[:0]])
+        paper_query(index, [target[:0]])
 
 
 # ---------------------------------------------------------------------------
@@ -394,8 +400,8 @@ def test_store_query_matches_the_memory_index(store_index):
     mem = MemoryIndex(index.spec, feats, payload)
     target = random_features(rng, 6, 3, 4, 20)
     for kw in (dict(fraction=0.2), dict(top=15), dict(top=15, plan="inverted"), dict(fraction=0.05, plan="inverted")):
-        got = Q.run_query(index, [target], **kw).table
-        want = Q.run_query(mem, [target], **{k: v for k, v in kw.items() if k != "plan"}).table
+        got = paper_query(index, [target], **kw).table
+        want = paper_query(mem, [target], **{k: v for k, v in kw.items() if k != "plan"}).table
         assert got.column("docid").to_pylist() == want.column("docid").to_pylist(), kw
         assert got.column("nag_distance").to_pylist() == want.column("nag_distance").to_pylist()
         assert got.column("dataset").to_pylist() == want.column("dataset").to_pylist()
@@ -420,12 +426,12 @@ def test_cli_query_writes_the_selection(store_index, tmp_path):
     _features_file(tf, target, spec, labels)
     out = tmp_path / "new" / "dir" / "sel.parquet"
     r = CliRunner().invoke(app, ["query", str(path), "--target-features", str(tf), "--out", str(out), "--top", "12",
-                                 "--target-filter", "arc", "--explain-plan", "--no-progress"])
+                                 "--target-filter", "arc", "--explain-plan", "--no-progress", "--preset", "paper"])
     assert r.exit_code == 0, r.output
     assert "selected 12 of 400 documents" in r.output and "plan" in r.output
     table = pq.read_table(out)
     mem = MemoryIndex(spec, feats, payload)
-    want = Q.run_query(mem, [target[:3]], top=12).table
+    want = paper_query(mem, [target[:3]], top=12).table
     assert table.column("docid").to_pylist() == want.column("docid").to_pylist()
 
 
@@ -495,13 +501,13 @@ def test_raw_text_targets_are_extracted_with_the_index_backbone(tmp_path, tiny_l
     target.write_text("\n".join(
         f'{{"docid": "t{i}", "text": "{t}", "dataset": "{"pets" if i < 2 else "money"}"}}' for i, t in enumerate(target_texts)
     ) + "\n")
-    got = Q.run_query(index, [str(target)], top=8, target_filter="pets")
+    got = paper_query(index, [str(target)], top=8, target_filter="pets")
     feats = extract_texts(tiny_llama, target_texts[:2], top_k=3, max_length=16)["fwd_up"]
-    want = Q.run_query(index, [feats], top=8)
+    want = paper_query(index, [feats], top=8)
     assert got.table.column("docid").to_pylist() == want.table.column("docid").to_pylist()
     assert got.summary["targets"] == {"target": 2}
     with pytest.raises(NagError, match="empty"):
-        Q.run_query(index, [str(target)], top=8, target_filter="nothing")
+        paper_query(index, [str(target)], top=8, target_filter="nothing")
 
 
 def test_planner_skips_hopeless_inverted_tries():
