@@ -124,13 +124,15 @@ def feature_spec(num_layers: int, top_k: int, width: int):
                        top_k=top_k, neuron_types=("fwd_up",), layer_widths={"fwd_up": width}, max_length=120)
 
 
-def build_index(path: Path, pool: Labelled, embedder: str, num_layers: int):
-    """The evaluation pool as a nagindex index: features imported, embeddings computed by the index."""
+def build_index(path: Path, pool: Labelled, embedder: str, num_layers: int, vectors: np.ndarray | None = None):
+    """The evaluation pool as a nagindex index: features imported, embeddings computed by the
+    index's embedder (or, with `vectors`, taken as given: the same embedder run earlier)."""
     import pyarrow as pa
 
     from nagindex import Index
 
-    key = {"version": INDEX_VERSION, "n": len(pool.ids), "first": str(pool.ids[0]), "embedder": embedder}
+    key = {"version": INDEX_VERSION, "n": len(pool.ids), "first": str(pool.ids[0]), "embedder": embedder,
+           "given_vectors": vectors is not None}
     stamp = path / "harness.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == key:
         return Index.open(path), 0.0
@@ -141,6 +143,12 @@ def build_index(path: Path, pool: Labelled, embedder: str, num_layers: int):
     index = Index.create(path, feature_spec(num_layers, top_k, 1536), embedder=embedder)
     docs = pa.table({"docid": pa.array(pool.ids.tolist(), pa.string()), "doc": pool.texts,
                      "token_num": pa.array(pool.token_num, pa.int64()), "dataset": pool.domain.tolist()})
+    if vectors is not None:
+        if vectors.shape != (len(pool.ids), index.manifest.embedding_dim):
+            raise NagError(f"--pool-embeddings has shape {vectors.shape}, expected ({len(pool.ids)}, "
+                           f"{index.manifest.embedding_dim})")
+        flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), pa.float32())
+        docs = docs.append_column("embedding", pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]))
     index.append(documents=docs, feature_arrays={"fwd_up": pool.features}, progress=True)
     seconds = time.perf_counter() - t0
     stamp.write_text(json.dumps(key))
@@ -229,8 +237,9 @@ def run(cfg) -> dict:
     num_layers = 30
     print(f"loaded pool {len(pool.ids)} docs, {len(targets)} targets ({time.perf_counter() - t_load:.0f} s)", flush=True)
 
+    vectors = np.load(cfg.pool_embeddings) if cfg.pool_embeddings else None
     index, build_seconds = build_index(Path(cfg.cache) / ("index-smoke" if cfg.smoke else "index"), pool,
-                                       cfg.embedder, num_layers)
+                                       cfg.embedder, num_layers, vectors)
     embedder = index.embedder()
     t0 = time.perf_counter()
     target_vectors = {n: embedder.encode(t.texts) for n, t in targets.items()}
@@ -282,7 +291,8 @@ def run(cfg) -> dict:
     result = {
         "setting": {"pool_docs": len(docids), "targets": scored, "control": list(CONTROL_TARGETS), "top": top,
                     "boot": cfg.boot, "seed": cfg.seed, "embedder": index.manifest.embedder,
-                    "index_top_k": index.spec.top_k, "smoke": cfg.smoke},
+                    "index_top_k": index.spec.top_k, "smoke": cfg.smoke,
+                    "pool_embeddings": cfg.pool_embeddings},
         "mean": mean,
         "per_target": point,
         "control": control,
@@ -365,6 +375,9 @@ def parse_args(argv=None):
     ap.add_argument("--cache", default=str(REPO / ".cache" / "eval_selection"))
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     ap.add_argument("--embedder", default="all-MiniLM-L6-v2")
+    ap.add_argument("--pool-embeddings", default=None,
+                    help="(n, dim) .npy of the pool's vectors in pool.npz order, made earlier by the same embedder "
+                         "(saves embedding the pool again: ~7 min on 2 cores)")
     ap.add_argument("--top", type=int, default=400)
     ap.add_argument("--boot", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)

@@ -19,6 +19,7 @@ import pyarrow as pa
 from nagindex.engines import get_engine
 from nagindex.engines.base import ModelRef
 from nagindex.errors import NagError
+from nagindex.extraction.embedder import load_embedder
 from nagindex.progress import silence_library_bars
 from nagindex.ranking.query import run_query
 from nagindex.schemas import (
@@ -57,8 +58,6 @@ class Index(IndexSnapshot):
         or a loaded one) every document also gets its embedding."""
         if embedder is None:
             return cls.open(writer.create_index(path, spec, postings=postings))
-        from nagindex.extraction.embedder import load_embedder
-
         loaded = load_embedder(embedder)
         index = cls.open(writer.create_index(path, spec, postings=postings, embedder=loaded.name,
                                              embedding_dim=loaded.dim))

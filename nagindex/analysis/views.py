@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from nagindex.errors import NagError
-from nagindex.ranking.query import load_feature_target, load_text_target
+from nagindex.ranking.query import load_feature_target, load_text_target, profile_for
 from nagindex.ranking.scoring import build_profile
 from nagindex.schemas import DATASET, DEFAULT_NEURON_TYPE
 from nagindex.sources import is_table_like
@@ -126,11 +126,7 @@ def target_profile(index: Any, target_features: np.ndarray, neuron_type: str = D
                    options: Any = None):
     """The SPEC 2 profile (integer weights over all layers) of `target_features` for this index;
     with `options` (a `ranking.options.ScoringOptions`), the profile a query with them scores by."""
-    from nagindex.ranking.scoring import build_profile
-
     if options is not None:
-        from nagindex.ranking.query import profile_for
-
         return profile_for(index, target_features, options, neuron_type)
     spec = index.spec
     return build_profile(

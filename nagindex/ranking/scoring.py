@@ -407,7 +407,7 @@ def _numpy_gather_sum(features, cols, table, offs, out) -> None:
     np.sum(np.take(table, idx), axis=1, dtype=np.int64, out=out)
 
 
-def _score_weighted(features: np.ndarray, profile: Profile, kernel: str, out: np.ndarray) -> None:
+def _score_weighted(features: np.ndarray, profile: Profile, kernel: str, out: np.ndarray, source: str) -> None:
     """Scores with a per-slot multiplier (the rank discount): int64 throughout."""
     cols, offs = profile.gather_plan()
     mult = profile.slot_multipliers()
@@ -416,10 +416,11 @@ def _score_weighted(features: np.ndarray, profile: Profile, kernel: str, out: np
     if kernel == "numba" and HAVE_NUMBA:
         k = numba_kernels()
         for start in range(0, n, BLOCK_ROWS):
-            block = _uint16_block(features[start : start + BLOCK_ROWS])
+            block = _uint16_block(features[start : start + BLOCK_ROWS], profile.width, source)
             k.gather_sum_weighted(block, cols, offs, mult, table, out[start : start + BLOCK_ROWS])
         return
     for start in range(0, n, NUMPY_STEP_ROWS):
+        check_neuron_ids(features[start : start + NUMPY_STEP_ROWS], profile.width, source)
         idx = features[start : start + NUMPY_STEP_ROWS][:, cols].astype(np.int64) + offs
         np.sum(np.take(table, idx) * mult, axis=1, dtype=np.int64, out=out[start : start + NUMPY_STEP_ROWS])
 
@@ -475,7 +476,7 @@ def score_features(features: np.ndarray, profile: Profile, *, kernel: str | None
         return out
     kernel = kernel or choose_kernel(n)
     if profile.discount is not None:
-        _score_weighted(features, profile, kernel, out)
+        _score_weighted(features, profile, kernel, out, source)
         return out
     cols, offs, table = kernel_tables(profile)
     if kernel == "numba" and HAVE_NUMBA:

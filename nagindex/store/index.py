@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nagindex.errors import NagError
+from nagindex.extraction.embedder import load_embedder
 from nagindex.schemas import (
     DEFAULT_NEURON_TYPE,
     EMBEDDING,
@@ -422,8 +423,6 @@ class IndexSnapshot:
         if not self.has_embeddings:
             raise NagError(f"index {self.path} has no embeddings; build it with --embedder")
         if getattr(self, "_embedder", None) is None:
-            from nagindex.extraction.embedder import load_embedder
-
             embedder = load_embedder(self.manifest.embedder)
             if embedder.dim != self.manifest.embedding_dim:
                 raise NagError(f"the embedder {self.manifest.embedder} makes vectors of {embedder.dim}, "
