@@ -27,11 +27,13 @@ def pool_neuron_counts(index, neuron_type: str, live: np.ndarray, slots: int | N
     """(L, width) number of live documents whose NAG holds each neuron: the
     posting-list sizes, less the replaced rows' entries (so the answer does
     not change when `compact` drops them). With `slots` below the index's K
-    (the NAG at a smaller K) the lists do not tell, so the forward index is read."""
+    (the NAG at a smaller K), or without lists, the forward index is read."""
     spec = index.spec
     width = spec.width(neuron_type)
     if slots is not None and slots != spec.top_k:
         return _slot_counts(index, neuron_type, live, slots)
+    if not getattr(index, "has_postings", True):  # built with --no-postings: count from the forward index
+        return _slot_counts(index, neuron_type, live, spec.top_k)
     sizes = index.posting_lists(neuron_type).sizes()
     if len(live) < index.num_rows:
         dead = np.setdiff1d(np.arange(index.num_rows, dtype=np.int64), live)
