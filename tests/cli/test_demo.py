@@ -52,7 +52,8 @@ def test_domain_table_means_counts_and_order():
 def tiny_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "nag-demo"
     bb = tiny_backbone()
-    return bb, out, D.run_demo(out, model=bb, progress=False)
+    # the hashed embedder stands in for all-MiniLM-L6-v2: the tests load no model
+    return bb, out, D.run_demo(out, model=bb, progress=False, embedder="hash:32")
 
 
 def test_demo_writes_what_it_promises(tiny_demo):
@@ -67,7 +68,12 @@ def test_demo_writes_what_it_promises(tiny_demo):
         sel = pq.read_table(out / f"selected_{name}.parquet")
         assert sel.num_rows == res.selected_counts[name] > 0
         dist = sel.column("nag_distance").to_numpy()
-        assert np.all(np.diff(dist) >= 0) and np.all((dist >= 0) & (dist <= 1))  # rank order
+        assert np.all((dist >= 0) & (dist <= 1))
+        assert np.all(np.diff(sel.column("fusion_score").to_numpy()) <= 0)  # rank order: the fusion's
+        paper = pq.read_table(out / f"selected_{name}_paper.parquet")
+        assert np.all(np.diff(paper.column("nag_distance").to_numpy()) >= 0)
+        assert {r.domain: r.selected_paper[name] for r in res.rows} == {
+            d: [domains[x] for x in paper.column("docid").to_pylist()].count(d) for d in {r.domain for r in res.rows}}
         assert sum(sel.column("token_num").to_pylist()) <= int(pool_tokens * D.DEFAULT_FRACTION)
         assert "doc" in sel.column_names  # with text, ready to train on
         # the table's counts are the selection's domains
@@ -79,12 +85,13 @@ def test_demo_writes_what_it_promises(tiny_demo):
     assert res.plot.stat().st_size > 10_000
     summary = res.summary.read_text()
     assert all(r.domain in summary for r in res.rows) and "selected for code" in summary
+    assert "code (paper)" in summary and "--preset paper" in summary and "fusion" in summary
 
 
 def test_demo_rerun_reuses_the_index_and_gives_the_same_selection(tiny_demo):
     bb, out, first = tiny_demo
     before = pq.read_table(out / "selected_code.parquet")
-    again = D.run_demo(out, model=bb, progress=False)
+    again = D.run_demo(out, model=bb, progress=False, embedder="hash:32")
     assert again.index_reused
     assert pq.read_table(out / "selected_code.parquet").equals(before)
     assert [r.domain for r in again.rows] == [r.domain for r in first.rows]
@@ -104,6 +111,7 @@ def test_nag_demo_command_prints_table_outputs_and_next_steps(tmp_path, monkeypa
     bb = tiny_backbone()
     monkeypatch.setattr(backbones, "load_backbone", lambda *a, **k: bb)
     out = tmp_path / "demo-out"
+    monkeypatch.setattr(D, "demo_embedder", lambda: "hash:32")
     result = CliRunner().invoke(app, ["demo", "--out", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
     for needle in ("mean distance to medical", "selected for code", str(out / "selected_medical.parquet"),
