@@ -46,7 +46,7 @@ def is_table_like(obj: Any) -> bool:
         return True
     module = _module_of(obj)
     if module in ("pandas", "polars"):
-        return hasattr(obj, "columns") and not hasattr(obj, "name")  # a DataFrame, not a Series
+        return type(obj).__name__ == "DataFrame"  # not a Series (nor a polars LazyFrame)
     if module == "datasets":
         return hasattr(obj, "with_format") and hasattr(obj, "column_names")
     if module == "pyarrow":

@@ -132,6 +132,9 @@ def test_sources_helpers(tmp_path):
     assert expand_sources(tmp_path) == [tmp_path / "p.parquet"]
     assert expand_sources(str(tmp_path / "*.parquet")) == [tmp_path / "p.parquet"]
     assert is_table_like(POOL) and not is_table_like("p.parquet") and not is_table_like([POOL])
+    pd = pytest.importorskip("pandas")
+    assert is_table_like(pd.DataFrame({"docid": ["a"], "name": ["a column called name"]}))
+    assert not is_table_like(pd.Series([1]))
     assert read_documents([POOL.slice(0, 2), POOL.slice(2)]).num_rows == 8
     with pytest.raises(NagError, match="more than once"):
         read_documents([POOL, tmp_path / "p.parquet"])
