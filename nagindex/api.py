@@ -190,7 +190,10 @@ class Index(IndexSnapshot):
             # read (and extract) in small batches so that progress moves per batch; `regroup`
             # below hands the store large ones again
             read_rows = min(self.batch_rows, max(16 * batch_size, PROGRESS_ROWS))
-            docs = ingest.document_batches(pools, fmt, read_rows, require_text=not features)
+            # the index keeps the text: a pool without it is refused, and with imported
+            # features a document whose text is empty is refused by name (skipping it
+            # would leave its features without a document)
+            docs = ingest.document_batches(pools, fmt, read_rows, require_text=True, strict=bool(features))
             if features:
                 features = _as_list(features)
                 _check_feature_files(spec, features)
@@ -339,9 +342,14 @@ def _imported_spec(features: list, model: Any, neuron_types, top_k: int, max_len
     """
     from nagindex.extraction.backbones import Backbone
 
+    requested = parse_neuron_types(neuron_types)  # a bad name is refused whatever the files hold
     file_spec = ingest.feature_file_spec(features)
     if top_k is None:  # imported features keep their K; upstream JSONL is K=20 unless told
         top_k = file_spec.top_k if file_spec is not None else DEFAULT_TOP_K
+    if file_spec is not None and not set(requested) <= set(file_spec.neuron_types):
+        missing = [t for t in requested if t not in file_spec.neuron_types]
+        raise NagError(f"--neuron-types {','.join(requested)}: the feature files have no {', '.join(missing)} features "
+                       f"(they have {', '.join(file_spec.neuron_types)})")
     if isinstance(model, Backbone):
         from nagindex.extraction.features import feature_spec
 

@@ -208,3 +208,31 @@ def test_nag_index_check_from_the_command_line(tmp_path):
     values.tofile(seg)
     code, out, err = nag("index", "check", tmp_path / "idx")
     assert code == 1 and "token_num.i64 does not match its checksum" in err and "negative token count (-7)" in err
+
+
+# -- input that was misread or ignored -------------------------------------------------------------
+
+
+def test_pools_are_read_as_they_say_with_imported_features(tmp_path):
+    ids = ["a", "b"]
+    write_features_parquet(tmp_path / "f.parquet", ids, {"fwd_up": features_for(2)}, SPEC)
+    f = [tmp_path / "f.parquet"]
+    empty = write_pool(tmp_path / "empty.parquet", ids)
+    pq.write_table(pa.table({"docid": ids, "doc": ["x", ""], "token_num": [1, 2]}), empty)
+    with pytest.raises(NagError, match=r"1 documents have empty or non-string text \(first: docid 'b'\)"):
+        Index.build(tmp_path / "i1", [empty], features=f, progress=False)
+    nodoc = tmp_path / "nodoc.parquet"
+    pq.write_table(pa.table({"docid": ids, "token_num": [1, 2]}), nodoc)
+    with pytest.raises(NagError, match="no 'doc' text column"):
+        Index.build(tmp_path / "i2", [nodoc], features=f, progress=False)
+    clash = write_pool(tmp_path / "clash.parquet", ids, fwd_up_feature=["p", "q"])
+    with pytest.raises(NagError, match="pool column 'fwd_up_feature' has the name of a feature column"):
+        Index.build(tmp_path / "i3", [clash], features=f, progress=False)
+    good = write_pool(tmp_path / "good.parquet", ids)
+    with pytest.raises(NagError, match="unknown neuron type 'bogus'"):
+        Index.build(tmp_path / "i4", [good], features=f, neuron_types="bogus", progress=False)
+    with pytest.raises(NagError, match="the feature files have no att_q features"):
+        Index.build(tmp_path / "i5", [good], features=f, neuron_types="att_q", progress=False)
+    assert not any((tmp_path / f"i{i}").exists() for i in range(1, 6))
+    code, _, err = nag("index", "build", tmp_path / "i6", good, "--features", f[0], "-t", "bogus", "--no-progress")
+    assert_one_line_error(code, err, "unknown neuron type 'bogus'")

@@ -475,11 +475,18 @@ def _load_pretrained(source: str, device: torch.device, dtype: torch.dtype, **kw
     return model.to(device), tokenizer
 
 
-def _load_from_hub(repo: str, revision: str | None, device: torch.device, dtype: torch.dtype):
+def _load_from_hub(repo: str, revision: str | None, device: torch.device, dtype: torch.dtype,
+                   allow_download: bool = True):
     """From the local cache when it has the model, else from the hub after one quick reachability check."""
     try:
         return _load_pretrained(repo, device, dtype, revision=revision, local_files_only=True)
     except NagError:
+        if not allow_download:
+            raise NagError(
+                f"the index names the backbone {repo}{'@' + revision if revision else ''} from the model hub, and it "
+                "is not in the local cache; nagindex does not download a model because an index names it: pass "
+                f"--model {repo} to download it, or --model PATH of a local copy"
+            ) from None
         _reachable_on_hub(repo, revision)
     return _load_pretrained(repo, device, dtype, revision=revision)
 
@@ -527,6 +534,7 @@ def load_backbone(
     *,
     device: str | torch.device | None = None,
     dtype: Any = None,
+    allow_download: bool = True,
 ) -> Backbone:
     """Load a frozen backbone.
 
@@ -536,6 +544,8 @@ def load_backbone(
     local model directory; or a ``.gguf`` file (dequantised once into the
     cache). The Backbone records where it came from (`location`). `device` defaults to this
     process's GPU when there is one; `dtype` to bf16 on CUDA, fp32 on CPU.
+    `allow_download=False` reads a hub model from the local cache only (for a
+    model that an index, not the user, names).
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -562,7 +572,7 @@ def load_backbone(
         loaded, tokenizer = _load_pretrained(location, dev, dt)
     else:
         repo, revision = split_revision(location)
-        loaded, tokenizer = _load_from_hub(repo, revision, dev, dt)
+        loaded, tokenizer = _load_from_hub(repo, revision, dev, dt, allow_download)
         commit = getattr(loaded.config, "_commit_hash", None) or revision
         location = f"{repo}@{commit}" if commit else repo
     loaded.eval()

@@ -440,10 +440,15 @@ class IndexSnapshot:
 
             spec = self.spec
             source = self._model if self._model is not None else backbone_source(spec)
+            named_by_index = self._model is None
+            if named_by_index and source is not None:
+                # a downloaded index decides which model runs here: say which, and from where
+                print(f"nagindex: loading the index's backbone {spec.backbone} from {source}", file=sys.stderr)
             try:
-                backbone = source if isinstance(source, Backbone) else load_backbone(source, device=device, dtype=dtype)
+                backbone = source if isinstance(source, Backbone) else load_backbone(
+                    source, device=device, dtype=dtype, allow_download=not named_by_index)
             except NagError as exc:
-                if self._model is not None:
+                if self._model is not None or "does not download" in str(exc):
                     raise
                 raise NagError(f"the index's backbone {spec.backbone} cannot be loaded ({exc}); pass --model "
                                "with the same weights (a local directory, .gguf file or hub id)") from None

@@ -28,7 +28,7 @@ from nagindex.io import (
     set_column,
     token_num_column,
 )
-from nagindex.schemas import DOCID, TEXT, TOKEN_NUM, FeatureSpec, feature_column
+from nagindex.schemas import DOCID, NEURON_TYPES, TEXT, TOKEN_NUM, FeatureSpec, feature_column
 from nagindex.sources import count_rows as count
 from nagindex.sources import document_batches as batches
 
@@ -241,11 +241,19 @@ def count_rows(sources: Sequence) -> int | None:
     return count(sources)
 
 
-def document_batches(sources: Sequence, fmt: str, batch_rows: int, require_text: bool) -> Iterator[pa.Table]:
+def document_batches(sources: Sequence, fmt: str, batch_rows: int, require_text: bool,
+                     strict: bool = False) -> Iterator[pa.Table]:
     """Pool documents streamed in batches (files of any format `io` reads, or tables in memory,
-    as `sources.expand_sources` lists them), normalised."""
+    as `sources.expand_sources` lists them), normalised. A pool column named like a
+    feature column is refused: the index's own feature column would replace it."""
 
-    for table in batches(sources, fmt, batch_rows, require_text=require_text):
+    for table in batches(sources, fmt, batch_rows, require_text=require_text, strict=strict):
+        clash = [c for c in table.column_names if c in {feature_column(t) for t in NEURON_TYPES}]
+        if clash:
+            raise NagError(
+                f"pool column {clash[0]!r} has the name of a feature column, which the index keeps for the "
+                "features; rename it in the pool"
+            )
         yield normalize_documents(table, "pool")
 
 

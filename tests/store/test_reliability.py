@@ -14,7 +14,6 @@ from nagindex import Index, NagError
 from nagindex.ranking import query as Q
 from nagindex.ranking import scoring
 from nagindex.schemas import FeatureSpec
-from nagindex.store import checksums
 
 L, K, W = 2, 3, 8
 N = 40
@@ -97,6 +96,8 @@ def test_recovery_leaves_files_it_did_not_make(tmp_path):
 def test_opening_checks_sizes_and_check_verifies_hashes(tmp_path):
     idx = tmp_path / "idx"
     index = make_index(idx)
+    from nagindex.store import checksums
+
     assert index.manifest.checksums and all(v[1].startswith(checksums.DEFAULT_ALGORITHM) for v in index.manifest.checksums.values())
     report = index.check()
     assert report.ok, report.problems
@@ -305,3 +306,22 @@ def test_lance_failures_inside_a_write_are_one_line_and_change_nothing(tmp_path,
     monkeypatch.undo()
     assert json.loads((idx / "manifest.json").read_text()) == before
     assert Index.open(idx).check().ok
+
+
+# -- security: a downloaded index never makes nagindex download the model it names -------------------
+
+
+def test_a_hub_model_named_by_an_index_is_not_downloaded(tmp_path, capfd):
+    import dataclasses
+
+    spec = dataclasses.replace(SPEC, backbone="nobody/not-a-model", extra={"backbone_location": "nobody/not-a-model"})
+    index = Index.create(tmp_path / "idx", spec)
+    index.append(documents=docs(["a"]), feature_arrays={"fwd_up": features_for(1, 1)}, progress=False)
+    with pytest.raises(NagError) as e:
+        Index.open(tmp_path / "idx").backbone()
+    text = one_line(e.value)
+    assert "does not download a model because an index names it" in text and "--model nobody/not-a-model" in text
+    assert "loading the index's backbone nobody/not-a-model from nobody/not-a-model" in capfd.readouterr().err
+    with pytest.raises(NagError) as e:  # named by the user: allowed to fetch (refused here only by the offline hub)
+        Index.open(tmp_path / "idx", model="nobody/not-a-model").backbone()
+    assert "does not download a model because an index names it" not in str(e.value)
