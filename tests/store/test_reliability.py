@@ -83,10 +83,16 @@ def test_recovery_leaves_files_it_did_not_make(tmp_path):
     idx = tmp_path / "idx"
     index = make_index(idx)
     (idx / "segments" / "notes.txt").write_text("mine")
+    (idx / "segments" / "backup").mkdir()
+    (idx / "segments" / "backup" / "keep").write_text("mine")
     (idx / "README").write_text("mine")
+    import lancedb
+
+    lancedb.connect(str(idx)).create_table("mine", data=pa.table({"x": [1]}))
     (idx / "segments" / "seg-000077").mkdir()  # what a crashed writer leaves: removed
     index.append(documents=docs(["x"]), feature_arrays={"fwd_up": features_for(1, 3)}, progress=False)
     assert (idx / "segments" / "notes.txt").exists() and (idx / "README").exists()
+    assert (idx / "segments" / "backup" / "keep").exists() and (idx / "mine.lance").is_dir()
     assert not (idx / "segments" / "seg-000077").exists()
 
 
