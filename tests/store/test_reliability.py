@@ -182,7 +182,7 @@ def test_inverted_list_ids_out_of_range_are_refused(tmp_path):
     ids.tofile(ids_file)
     index = Index.open(idx)
     with pytest.raises(NagError, match="an inverted list of fwd_up names row"):
-        Q.run_query(index, [features_for(3, 9)], top=2, plan="inverted")
+        Q.run_query(index, [features_for(3, 9)], top=2, plan="inverted", discount="none")
     assert any("postings.fwd_up.ids names rows outside 0..39" in p for p in index.check().problems)
 
 
