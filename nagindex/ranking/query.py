@@ -165,13 +165,13 @@ def run_query(
     if quality_col is not None:
         _check_quality_column(index, quality_col)
 
-    prefetch = getattr(index, "prefetch_payload_reader", None)
-    if prefetch is not None:
-        prefetch()  # the output's payload reader loads while the targets are read and the pool scored
     loaded = load_targets(index, targets, target_features, target_texts=target_texts, neuron_type=neuron_type,
                           target_filter=target_filter,
                           target_filter_col=target_filter_col, fmt=fmt, batch_size=batch_size, progress=progress,
                           embed=opts.mode != "nag" and _has_embeddings(index))
+    prefetch = getattr(index, "prefetch_payload_reader", None)
+    if prefetch is not None:
+        prefetch()  # the output's payload reader loads while the pool is scored (targets are good by now)
     mode = resolve_mode(opts.mode, index, loaded)
     live = live_rows(index)
     request = candidate_request(index, loaded, live, fraction=fraction, top=top, plan=plan, each=each,
