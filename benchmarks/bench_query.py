@@ -22,6 +22,8 @@ Prints:
 Usage:
     python benchmarks/bench_query.py --n 1000000 --rss-sizes 1000000,4000000
     python benchmarks/bench_query.py --smoke        # small, for CI
+Every query runs with `--preset paper` (the SPEC), the formula the upstream
+pipeline it is compared with computes.
 """
 
 from __future__ import annotations
@@ -290,7 +292,7 @@ def kernel_figures(args, profile, weights) -> None:
 
 def end_to_end_figures(args, work, idx, payload, features, target_path) -> None:
     out_ours = work / "ours.parquet"
-    cmd = nag_cmd("query", idx, "--target-features", target_path, "--out", out_ours, "--fraction", "0.2",
+    cmd = nag_cmd("query", idx, "--preset", "paper", "--target-features", target_path, "--out", out_ours, "--fraction", "0.2",
                   "--with-text", "--no-progress")
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)  # warm: numba cache, page cache
     rss, t_cli = peak_rss_mb(cmd)
@@ -302,7 +304,7 @@ def end_to_end_figures(args, work, idx, payload, features, target_path) -> None:
 
     def api_query():
         index = Index.open(idx)
-        res = run_query(index, target_features=[str(target_path)], fraction=0.2, with_text=True)
+        res = run_query(index, preset="paper", target_features=[str(target_path)], fraction=0.2, with_text=True)
         write_table_atomic(res.table, work / "ours-api.parquet")
 
     api_query()  # warm: imports (lancedb alone takes seconds), caches
@@ -332,12 +334,12 @@ def inverted_figures(args, idx, target_path) -> None:
 
     index = Index.open(idx)
     top = min(1000, max(args.n // 100, 1))
-    run_query(index, target_features=[str(target_path)], top=top, plan="scan")  # warm
-    t_scan, r_scan = min((timed(run_query, index, target_features=[str(target_path)], top=top, plan="scan")
+    run_query(index, preset="paper", target_features=[str(target_path)], top=top, plan="scan")  # warm
+    t_scan, r_scan = min((timed(run_query, index, preset="paper", target_features=[str(target_path)], top=top, plan="scan")
                           for _ in range(2)), key=lambda x: x[0])
-    t_inv, r_inv = min((timed(run_query, index, target_features=[str(target_path)], top=top, plan="inverted")
+    t_inv, r_inv = min((timed(run_query, index, preset="paper", target_features=[str(target_path)], top=top, plan="inverted")
                         for _ in range(2)), key=lambda x: x[0])
-    t_auto, r_auto = timed(run_query, index, target_features=[str(target_path)], top=top)
+    t_auto, r_auto = timed(run_query, index, preset="paper", target_features=[str(target_path)], top=top)
     same = r_scan.table.column("docid").to_pylist() == r_inv.table.column("docid").to_pylist()
     print(f"(c) --top {top}: scan {t_scan:.2f} s, inverted lists {t_inv:.2f} s, ratio scan/inverted "
           f"{t_scan / t_inv:.2f}x; identical: {same}; auto plan {t_auto:.2f} s")
@@ -352,7 +354,7 @@ def each_figures(args, work, idx) -> None:
         path = work / f"each-{i}.parquet"
         write_target(path, args.targets, args.seed + 2000 + i, args.zipf)
         paths.append(path)
-    common = ["--fraction", "0.2", "--no-progress"]
+    common = ["--fraction", "0.2", "--no-progress", "--preset", "paper"]
     one = nag_cmd("query", idx, "--target-features", paths[0], "--out", work / "each-one.parquet", *common)
     six = nag_cmd("query", idx, *[a for p in paths for a in ("--target-features", p)], "--each",
                   "--out", work / "each-six.parquet", *common)
@@ -367,7 +369,7 @@ def each_figures(args, work, idx) -> None:
     names = table.column("target").to_pylist()
     same = all(
         [d for d, t in zip(table.column("docid").to_pylist(), names) if t == p.stem]
-        == run_query(index, target_features=[str(p)], fraction=0.2).table.column("docid").to_pylist()
+        == run_query(index, preset="paper", target_features=[str(p)], fraction=0.2).table.column("docid").to_pylist()
         for p in paths
     )
     print(f"(e) nag query --each, 6 targets: {t_six:.2f} s vs 1 target {t_one:.2f} s: {t_six / t_one:.2f}x "
@@ -382,7 +384,7 @@ def rss_figures(args, work, rss_sizes, idx, target_path) -> None:
             print(f"building a {n:,}-doc index for (d)")
             rss_idx, *_ = build_index(work, n, args.seed, args.zipf, str(n))
         out = work / f"rss-{n}.parquet"
-        cmd = nag_cmd("query", rss_idx, "--target-features", target_path, "--out", out, "--fraction", "0.2",
+        cmd = nag_cmd("query", rss_idx, "--preset", "paper", "--target-features", target_path, "--out", out, "--fraction", "0.2",
                       "--no-progress")
         rss, wall = peak_rss_mb(cmd)
         print(f"(d) n={n:,}: nag query peak RSS {rss:.0f} MiB ({rss * 2**20 / n:.0f} B/doc), {wall:.2f} s wall")
