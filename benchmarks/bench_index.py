@@ -82,14 +82,16 @@ def write_synthetic(directory: Path, name: str, start: int, n: int) -> tuple[Pat
     if pool_path.exists() and feat_path.exists():
         if pq.ParquetFile(pool_path).metadata.num_rows == n == pq.ParquetFile(feat_path).metadata.num_rows:
             return pool_path, feat_path
-    pool_schema = pa.schema([("docid", pa.string()), ("token_num", pa.int64()), ("dataset", pa.string())])
+    # pools carry their text (the store keeps it as payload); a short stand-in keeps the files small
+    pool_schema = pa.schema([("docid", pa.string()), ("doc", pa.string()), ("token_num", pa.int64()), ("dataset", pa.string())])
     with pq.ParquetWriter(pool_path, pool_schema) as pool_w, pq.ParquetWriter(feat_path, features_schema(spec)) as feat_w:
         for lo in range(start, start + n, CHUNK):
             m = min(CHUNK, start + n - lo)
             rng = np.random.default_rng([SEED, lo])
             ids = pa.array([f"doc{i:09d}" for i in range(lo, lo + m)], pa.string())
             tokens = rng.integers(50, 2000, size=m)
-            pool_w.write_table(pa.table({"docid": ids, "token_num": tokens, "dataset": pa.array(["synthetic"] * m)}, schema=pool_schema))
+            text = pa.array([f"synthetic document {i}" for i in range(lo, lo + m)], pa.string())
+            pool_w.write_table(pa.table({"docid": ids, "doc": text, "token_num": tokens, "dataset": pa.array(["synthetic"] * m)}, schema=pool_schema))
             feats = zipf_features(rng, m, popularity)
             col = pa.FixedSizeListArray.from_arrays(pa.array(feats.ravel()), L * K)
             feat_w.write_table(pa.Table.from_arrays([ids, col], schema=features_schema(spec)))

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from nagindex.cli.app import app
+from nagindex.demo import DEFAULT_FRACTION
 
 
 @app.command("demo")
@@ -24,7 +25,8 @@ def demo(
              "Default: the embedded SmolLM2-135M (no download).",
     ),
     fraction: float = typer.Option(
-        0.2, "--fraction", help="Token budget of each target's selection, as a share of the pool. Default: 0.2.",
+        DEFAULT_FRACTION, "--fraction", help="Token budget of each target's selection, as a share of the pool "
+        "(about one domain's share of the demo pool). Default: 0.1.",
     ),
     contrast: str = typer.Option(
         "none", "--contrast", help="pool: weigh neurons by how much more often they fire in the target than in "

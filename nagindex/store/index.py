@@ -441,9 +441,6 @@ class IndexSnapshot:
             spec = self.spec
             source = self._model if self._model is not None else backbone_source(spec)
             named_by_index = self._model is None
-            if named_by_index and source is not None:
-                # a downloaded index decides which model runs here: say which, and from where
-                print(f"nagindex: loading the index's backbone {spec.backbone} from {source}", file=sys.stderr)
             try:
                 backbone = source if isinstance(source, Backbone) else load_backbone(
                     source, device=device, dtype=dtype, allow_download=not named_by_index)
@@ -459,6 +456,10 @@ class IndexSnapshot:
                 )
             spec.check_compatible(feature_spec(backbone, spec.neuron_types, spec.top_k, spec.max_length),
                                   what=f"the features of the backbone {backbone.name}")
+            if named_by_index and source is not None:
+                # a downloaded index decided which model runs here: say which, and from where. Only once it
+                # loaded: a failure is already one line that names both.
+                print(f"nagindex: loaded the index's backbone {spec.backbone} from {source}", file=sys.stderr)
             self._backbone = backbone
         return self._backbone
 
