@@ -13,6 +13,7 @@ from nagindex.ranking.query import load_feature_target, load_text_target, profil
 from nagindex.ranking.scoring import build_profile
 from nagindex.schemas import DATASET, DEFAULT_NEURON_TYPE
 from nagindex.sources import is_table_like
+from nagindex.store.index import live_rows
 
 
 @dataclass
@@ -55,7 +56,7 @@ def pool_view(index: Any, neuron_type: str = DEFAULT_NEURON_TYPE, *, labels: boo
     docids = np.asarray(index.docids().to_pylist(), dtype=object)
     tokens = np.asarray(index.token_num(), dtype=np.int64)
     live = index.live_mask()
-    rows = np.arange(len(docids)) if live is None else np.flatnonzero(live)
+    rows = live_rows(index)
     if not len(rows):
         raise NagError("the index holds no documents")
     if labels and DATASET in index.columns():

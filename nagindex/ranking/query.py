@@ -29,7 +29,7 @@ from nagindex.ranking import embedding as emb
 from nagindex.ranking import scoring, selection
 from nagindex.ranking.options import ScoringOptions
 from nagindex.ranking.planner import PLANS, CandidateRequest, Plan, local_candidates
-from nagindex.ranking.scan import live_rows, pool_neuron_counts
+from nagindex.ranking.scan import pool_neuron_counts
 from nagindex.ranking.targets import (
     Target,
     as_target,
@@ -46,6 +46,7 @@ from nagindex.schemas import (
     feature_column,
 )
 from nagindex.sources import is_table_like
+from nagindex.store.index import live_rows
 
 DEFAULT_FRACTION = 0.2
 

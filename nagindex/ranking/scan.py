@@ -16,13 +16,6 @@ from nagindex.store.segment import gather_rows
 SCAN_BLOCK_ROWS = 65536
 
 
-def live_rows(index) -> np.ndarray:
-    mask = index.live_mask()
-    if mask is None:
-        return np.arange(index.num_rows, dtype=np.int64)
-    return np.flatnonzero(mask).astype(np.int64)
-
-
 def pool_neuron_counts(index, neuron_type: str, live: np.ndarray, slots: int | None = None) -> np.ndarray:
     """(L, width) number of live documents whose NAG holds each neuron: the
     posting-list sizes, less the replaced rows' entries (so the answer does

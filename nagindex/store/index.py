@@ -126,6 +126,15 @@ def backbone_source(spec: FeatureSpec):
 
 
 
+def live_rows(index) -> np.ndarray:
+    """int64 global rows of the live documents of `index` (anything with `live_mask` and
+    `num_rows`), ascending: every row but those replaced by a newer version."""
+    mask = index.live_mask()
+    if mask is None:
+        return np.arange(index.num_rows, dtype=np.int64)
+    return np.flatnonzero(mask).astype(np.int64)
+
+
 class IndexSnapshot:
     """A NAG index directory, opened read-only as one committed snapshot."""
 
@@ -501,9 +510,7 @@ class IndexSnapshot:
         """docids of the live rows and their global rows."""
         ids = self.docids()
         mask = self.live_mask()
-        if mask is None:
-            return ids, np.arange(len(ids), dtype=np.int64)
-        return ids.filter(pa.array(mask)), np.flatnonzero(mask).astype(np.int64)
+        return (ids if mask is None else ids.filter(pa.array(mask))), live_rows(self)
 
     def _feature_rows(self, neuron_type: str, rows: np.ndarray) -> np.ndarray:
         """Feature rows at sorted global `rows`, gathered from the segments."""

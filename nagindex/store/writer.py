@@ -33,8 +33,8 @@ from nagindex.atomic import atomic_write_bytes, is_temporary
 from nagindex.errors import NagError
 from nagindex.io import SeenDocids, check_unique_docids, normalize_documents
 from nagindex.schemas import DOCID, ROW, TOKEN_NUM, FeatureSpec, index_schema
-from nagindex.store import doctable, ingest
-from nagindex.store import checksums
+from nagindex.store import checksums, doctable, ingest
+from nagindex.store import versions as index_versions
 from nagindex.store.index import (
     DELETED_PREFIX,
     LANCE_ERRORS,
@@ -43,6 +43,7 @@ from nagindex.store.index import (
     IndexSnapshot,
     damaged,
     first_line,
+    live_rows,
 )
 from nagindex.store.manifest import (
     DELETED_FILE_NAME,
@@ -54,7 +55,6 @@ from nagindex.store.manifest import (
     write_manifest,
 )
 from nagindex.store.segment import TMP_PREFIX, SegmentWriter
-from nagindex.store import versions as index_versions
 
 Features = dict[str, np.ndarray]
 Batches = Iterable[tuple[pa.Table, Features]]
@@ -406,7 +406,7 @@ def _append_locked(index, manifest: Manifest, batches: Batches, replace: bool, c
     db = lancedb.connect(str(index.path))
     table = db.open_table(manifest.lance_table) if manifest.lance_version is not None else None
     schema = table.schema if table is not None else None
-    live_ids, live_rows = index._live_docids()
+    live_ids, live_row_numbers = index._live_docids()
     filler = SegmentFiller(index.path, spec, manifest.next_segment, manifest.num_rows, index.segment_rows,
                            on_finish=lambda: crash_point("segment"), postings=manifest.postings)
     replaced_rows: list[np.ndarray] = []
@@ -426,7 +426,7 @@ def _append_locked(index, manifest: Manifest, batches: Batches, replace: bool, c
             if present.any():
                 if replace:
                     old = pos.filter(pa.array(present)).to_numpy(zero_copy_only=False).astype(np.int64)
-                    replaced_rows.append(live_rows[old])
+                    replaced_rows.append(live_row_numbers[old])
                 else:
                     skipped += int(present.sum())
                     keep = pa.array(~present)
@@ -532,15 +532,14 @@ def compact(index: IndexSnapshot, progress: bool = False) -> None:
         db = lancedb.connect(str(index.path))
         generation = manifest.generation + 1
         table_name = f"docs_{generation:06d}"
-        live = index.live_mask()
-        live_rows = np.arange(index.num_rows, dtype=np.int64) if live is None else np.flatnonzero(live)
+        kept_rows = live_rows(index)
         filler = SegmentFiller(index.path, spec, manifest.next_segment, 0, index.segment_rows,
                                postings=manifest.postings)
         table = None
         try:
-            with progress_bar(len(live_rows), progress, "compacting") as bar:
-                for start in range(0, len(live_rows), index.batch_rows):
-                    rows = live_rows[start : start + index.batch_rows]
+            with progress_bar(len(kept_rows), progress, "compacting") as bar:
+                for start in range(0, len(kept_rows), index.batch_rows):
+                    rows = kept_rows[start : start + index.batch_rows]
                     chunk = index.take(rows, columns=index.columns())
                     feats = {t: index._feature_rows(t, rows) for t in spec.neuron_types}
                     n = len(rows)

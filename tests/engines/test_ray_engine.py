@@ -25,7 +25,7 @@ pytestmark = [
 
 from nagindex.ranking import inverted as INV  # noqa: E402
 from nagindex.ranking import query as Q  # noqa: E402
-from nagindex.ranking import scan as S  # noqa: E402
+from nagindex.store.index import live_rows  # noqa: E402
 from nagindex.ranking import scoring, selection  # noqa: E402
 from nagindex.engines import check_engine, get_engine  # noqa: E402
 from nagindex.engines import ray as R  # noqa: E402
@@ -298,7 +298,7 @@ def test_ray_scan_scores_every_live_row_exactly(store_index):
     index, targets = store_index
     profiles = [scoring.build_profile(t, num_layers=L, top_k=K, width=W) for t in targets]
     found = R.scan_candidates(index, profiles, "fwd_up", blocks=5)
-    live = S.live_rows(index)
+    live = live_rows(index)
     for profile, c in zip(profiles, found):
         assert c.rows.tolist() == live.tolist()  # replaced rows are left out
         assert np.array_equal(c.scores, scoring.score_features(index.features()[live], profile))

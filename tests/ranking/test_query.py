@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from nagindex.ranking import inverted as INV
 from nagindex.ranking import planner as P
 from nagindex.ranking import query as Q
-from nagindex.ranking import scan as S
+from nagindex.store.index import live_rows
 from nagindex.errors import NagError
 from nagindex.schemas import FeatureSpec
 from nagindex.store.postings import PostingLists, StackedPostingLists, layer_postings
@@ -199,7 +199,7 @@ def test_scan_matches_the_reference(case):
         assume(all(b - a > 1e-9 for a, b in zip(distinct, distinct[1:])))
     docids = index.docids().to_pylist()
     tokens = index.token_num().tolist()
-    rows = list(S.live_rows(index))
+    rows = list(live_rows(index))
     expected = ref_select(sims, docids, tokens, rows, fraction=fraction, top=top)
     assert res.table.column("docid").to_pylist() == [docids[i] for i in expected]
     got = np.array(res.table.column("nag_distance").to_pylist())
@@ -516,7 +516,7 @@ def test_planner_skips_hopeless_inverted_tries():
     rng = np.random.default_rng(7)
     L, K, W = 3, 4, 64
     index = MemoryIndex(make_spec(L, K, W), *make_pool(rng, 3000, L, K, W))
-    live = S.live_rows(index)
+    live = live_rows(index)
     focused = scoring.build_profile(index._features[:3], num_layers=L, top_k=K, width=W)
     spread = scoring.build_profile(random_features(rng, 200, L, K, W), num_layers=L, top_k=K, width=W)
     # a focused target whose heavy lists fit in the cap: worth a try
