@@ -109,8 +109,9 @@ def remote_dataset(url: str):
         raise NagError(f"cannot open {url}: {str(exc).splitlines()[0]}") from None
 
 
-def expand_path(item: str | os.PathLike) -> list[Path]:
-    """The files a path, directory or glob names, sorted; NagError when there are none."""
+def expand_path(item: str | os.PathLike, what: str = "input") -> list[Path]:
+    """The files a path, directory or glob names, sorted; NagError when there are none
+    (`what` names the kind of file in that error)."""
     text = str(item)
     if any(ch in text for ch in _GLOB_CHARS) and not Path(text).exists():
         found = sorted(Path(p) for p in glob.glob(os.path.expanduser(text)) if not Path(p).is_dir())
@@ -125,7 +126,7 @@ def expand_path(item: str | os.PathLike) -> list[Path]:
             raise NagError(f"{path} is a directory without document files ({', '.join(DOCUMENT_SUFFIXES)})")
         return found
     if not path.exists():
-        raise NagError(f"input file not found: {path}")
+        raise NagError(f"{what} file not found: {path}")
     return [path]
 
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import glob
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -14,7 +11,7 @@ import pyarrow.compute as pc
 from nagindex.errors import NagError
 from nagindex.io import features_from_table, read_feature_files
 from nagindex.schemas import DATASET, TEXT, feature_column
-from nagindex.sources import read_documents, source_name, texts_table
+from nagindex.sources import expand_path, read_documents, source_name, texts_table
 
 
 @dataclass
@@ -26,19 +23,6 @@ class Target:
     name: str
     features: np.ndarray
     embeddings: np.ndarray | None = None
-
-
-def _expand(pattern: str | os.PathLike) -> list[Path]:
-    text = str(pattern)
-    if any(ch in text for ch in "*?["):
-        found = sorted(glob.glob(text))
-        if not found:
-            raise NagError(f"no file matches {text}")
-        return [Path(p) for p in found]
-    path = Path(text)
-    if not path.exists():
-        raise NagError(f"target file not found: {path}")
-    return [path]
 
 
 def _filter_rows(table: pa.Table, value: str | None, column: str, source: str) -> pa.Table:
@@ -90,7 +74,8 @@ def load_feature_target(index, source, *, neuron_type: str, target_filter=None,
     """Read precomputed target features (nagindex parquet or upstream JSONL)
     after checking they were made like the index's."""
 
-    paths = _expand(source) if not isinstance(source, (list, tuple)) else [p for s in source for p in _expand(s)]
+    items = source if isinstance(source, (list, tuple)) else [source]
+    paths = [p for item in items for p in expand_path(item, what="target")]
     name = source_name(source)
     table, spec = read_feature_files(paths)
     if spec is not None:
