@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from nagindex.schemas import DEFAULT_MAX_LENGTH, DEFAULT_NEURON_TYPE, DEFAULT_TOP_K, NEURON_TYPES
+from nagindex.schemas import DEFAULT_MAX_LENGTH, DEFAULT_NEURON_TYPE, NEURON_TYPES
 from nagindex.cli.app import MODEL_HELP, index_app
 
 _POOLS_HELP = (
