@@ -36,15 +36,13 @@ from nagindex.io import write_table_atomic
 from nagindex.extraction.embedder import DEFAULT_EMBEDDER, load_embedder
 from nagindex.ranking.options import PAPER_TOP_K
 from nagindex.ranking.query import Target, run_query
-from nagindex.schemas import DATASET, DOCID, TEXT
+from nagindex.schemas import DATASET, DEMO_FRACTION, DOCID, TEXT
 
 DEMO_POOL = "demo_pool.parquet"
 # Target name -> bundled file; the name is also the suffix of the output files.
 DEMO_TARGETS = {"medical": "demo_target_medical.parquet", "code": "demo_target_code.parquet"}
 DEFAULT_OUT = "nag-demo"
-# A budget near one domain's share of the demo pool (8 domains of 75 documents): a selection
-# can then be mostly one domain, which is what the demo is there to show.
-DEFAULT_FRACTION = 0.1
+DEFAULT_FRACTION = DEMO_FRACTION
 
 
 def data_path(name: str) -> Path:

@@ -20,6 +20,9 @@ DEFAULT_NEURON_TYPE = "fwd_up"
 DEFAULT_TOP_K = 20  # the SPEC's K (nag extract, the paper preset)
 DEFAULT_INDEX_TOP_K = 100  # what `nag index build` keeps by default: every K <= 100 can be queried
 DEFAULT_MAX_LENGTH = 120
+# `nag demo`'s token budget: near one domain's share of its pool (8 domains of 75 documents), so a
+# selection can be mostly one domain, which is what the demo is there to show.
+DEMO_FRACTION = 0.1
 
 # Neuron indices are stored as uint16, so no layer may be wider than this.
 MAX_LAYER_WIDTH = 65536

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from nagindex.cli.app import app
-from nagindex.demo import DEFAULT_FRACTION
+from nagindex.schemas import DEMO_FRACTION
 
 
 @app.command("demo")
@@ -25,7 +25,7 @@ def demo(
              "Default: the embedded SmolLM2-135M (no download).",
     ),
     fraction: float = typer.Option(
-        DEFAULT_FRACTION, "--fraction", help="Token budget of each target's selection, as a share of the pool "
+        DEMO_FRACTION, "--fraction", help="Token budget of each target's selection, as a share of the pool "
         "(about one domain's share of the demo pool). Default: 0.1.",
     ),
     contrast: str = typer.Option(
