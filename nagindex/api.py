@@ -51,9 +51,9 @@ class Index(IndexSnapshot):
     """A NAG index directory, opened as one committed snapshot, with the operations on it."""
 
     @classmethod
-    def create(cls, path: str | os.PathLike, spec: FeatureSpec, *, postings: bool = True,
+    def create(cls, path: str | os.PathLike, spec: FeatureSpec, *, postings: bool = False,
                embedder: Any = None) -> "Index":
-        """Create an empty index for features made as `spec` says (`postings=False`: no
+        """Create an empty index for features made as `spec` says (`postings=True`: with
         inverted lists); with `embedder` (a name for `extraction.embedder.load_embedder`,
         or a loaded one) every document also gets its embedding."""
         if embedder is None:
@@ -83,7 +83,7 @@ class Index(IndexSnapshot):
         engine: Any = "local",
         device: str | None = None,
         dtype: str | None = None,
-        postings: bool = True,
+        postings: bool = False,
         embedder: Any = None,
     ) -> "Index":
         """Index the documents of `pools`: files, directories, globs, or tables in memory
@@ -98,9 +98,10 @@ class Index(IndexSnapshot):
         Otherwise the features are extracted with `model` (a name/path for
         `load_backbone`, a loaded `Backbone`, or None for the embedded
         default) by the engine. The index is built in a temporary sibling
-        directory and renamed into place when complete. `postings=False`
-        leaves out the inverted lists (two thirds of the disk; queries then
-        always scan, which on text-like pools is as fast: see the README).
+        directory and renamed into place when complete. `postings=True`
+        also writes FAISS inverted lists (two thirds of the disk at K=20; no
+        measured query on text-like pools reads them faster than the scan, so
+        they are for FAISS interop and `plan="inverted"`: see the README).
         `top_k=None` takes the
         recommended K (`DEFAULT_INDEX_TOP_K`, or the layer width where that is
         smaller; imported features keep theirs). `embedder` (a name, a model

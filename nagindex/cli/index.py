@@ -88,16 +88,17 @@ def build(
     device: Optional[str] = typer.Option(None, "--device", help=_DEVICE_HELP),
     dtype: Optional[str] = typer.Option(None, "--dtype", help=_DTYPE_HELP),
     as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
-    postings: bool = typer.Option(True, "--postings/--no-postings", help="Write the inverted lists "
-                                  "(about two thirds of the disk). Without them every query scans, which on "
-                                  "pools of real text is as fast for --top N. Default: written."),
+    postings: bool = typer.Option(False, "--postings/--no-postings", help="Also write FAISS inverted lists "
+                                  "over the neurons (about two thirds of the disk). Queries then may "
+                                  "read them (--plan inverted); on pools of real text the scan is faster, so "
+                                  "they are for FAISS interop. Default: not written."),
 ) -> None:
     """Index POOL files into a new INDEX_DIR.
 
     Extracts the NAG features of every document with the model (or imports
     them with --features), and stores documents, payload and features in a
-    LanceDB table with FAISS inverted lists beside it. The index appears only
-    when complete.
+    LanceDB table with the forward index of the features beside it (and FAISS
+    inverted lists with --postings). The index appears only when complete.
 
     \b
     Examples:

@@ -95,7 +95,7 @@ def local_candidates(index, profiles: Sequence[scoring.Profile], neuron_type: st
         path, reason = choose_plan(request.plan, num_rows=index.num_rows, n_live=len(live), top=top,
                                    fraction=fraction, quality=request.quality, every_row=request.every_row)
         if path == "inverted" and not getattr(index, "has_postings", True):
-            path, reason = "scan", "this index has no inverted lists (built with --no-postings)"
+            path, reason = "scan", "this index has no inverted lists (build with --postings to have them)"
         if path == "inverted" and not profiles[i].additive:
             # the lists record which documents hold a neuron, not at which rank
             path, reason = "scan", ("the rank discount or a K below the index's weighs neurons by rank, "

@@ -25,7 +25,7 @@ def pool_neuron_counts(index, neuron_type: str, live: np.ndarray, slots: int | N
     width = spec.width(neuron_type)
     if slots is not None and slots != spec.top_k:
         return _slot_counts(index, neuron_type, live, slots)
-    if not getattr(index, "has_postings", True):  # built with --no-postings: count from the forward index
+    if not getattr(index, "has_postings", True):  # built without --postings: count from the forward index
         return _slot_counts(index, neuron_type, live, spec.top_k)
     sizes = index.posting_lists(neuron_type).sizes()
     if len(live) < index.num_rows:

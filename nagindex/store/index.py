@@ -286,7 +286,7 @@ class IndexSnapshot:
         """The same lists read with numpy (`postings.StackedPostingLists`): `sizes()`, `ids(list_no)`."""
 
         if not self.has_postings:
-            raise NagError(f"index {self.path} has no inverted lists (built with --no-postings)")
+            raise NagError(f"index {self.path} has no inverted lists (build it with --postings to have them)")
         nlist = self.spec.num_layers * self.spec.width(neuron_type)
         return StackedPostingLists([s.posting_lists(neuron_type) for s in self._segments], nlist)
 

@@ -61,7 +61,9 @@ class Manifest:
     # {file relative to the index: [size, "algorithm:digest"]} of every immutable
     # file the commit names (see `checksums`); empty for indexes written before
     checksums: dict = field(default_factory=dict, compare=False)
-    postings: bool = True  # segments carry inverted lists (`nag index build --no-postings`: not)
+    # segments carry inverted lists (`nag index build --postings`); True is what manifests written
+    # before the option meant, so the field is read with that default
+    postings: bool = True
     embedder: str | None = None  # what embeds documents (extraction.embedder.load_embedder), if any
     embedding_dim: int | None = None
 

@@ -185,7 +185,7 @@ class Segment:
     def posting_lists(self, neuron_type: str) -> _postings.PostingLists:
         """The lists read with numpy (what queries use)."""
         if neuron_type not in self.posting_lists_by_type:
-            raise NagError(f"segment {self.dir} has no inverted lists (the index was built with --no-postings)")
+            raise NagError(f"segment {self.dir} has no inverted lists (the index was built without --postings)")
         return self.posting_lists_by_type[neuron_type]
 
 

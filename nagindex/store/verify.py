@@ -63,7 +63,7 @@ def check_index(index) -> CheckReport:
     if m.segments and not m.checksums:
         report.problems.append("the manifest records no checksums (written by an older nagindex): compact the index to add them")
     for segment in index._segments:
-        report.problems += _segment_problems(segment, index.spec)
+        report.problems += _segment_problems(segment, index.spec, postings=m.postings)
     report.problems += _lance_problems(index)
     report.rows_checked = index.num_rows
     return report
@@ -79,7 +79,7 @@ def _hash_problems(path: Path, m, report: CheckReport) -> None:
             report.bytes_hashed += int(expected[0])
 
 
-def _segment_problems(segment, spec) -> list[str]:
+def _segment_problems(segment, spec, *, postings: bool) -> list[str]:
     problems = []
     rel = f"{segment.dir.parent.name}/{segment.dir.name}"
     problem = token_num_problem(np.asarray(segment.token_num))
@@ -94,6 +94,8 @@ def _segment_problems(segment, spec) -> list[str]:
             if high >= width:
                 problems.append(f"{rel}/features.{t}.u16 holds neuron id {high}, outside the layer width 0..{width - 1}")
                 break
+        if not postings:
+            continue
         offsets = np.load(offsets_path(segment.dir, t), allow_pickle=False)
         ids = np.memmap(ids_path(segment.dir, t), dtype=np.int64, mode="r")
         if len(offsets) != spec.num_layers * width + 1 or int(offsets[-1]) != n * spec.feature_length or np.any(np.diff(offsets) < 0):

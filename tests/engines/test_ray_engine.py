@@ -175,7 +175,7 @@ def local_build(tiny, tmp_path_factory):
     return pool, local
 
 
-BUILD = dict(neuron_types=("fwd_up",), top_k=4, max_length=32, batch_size=8)
+BUILD = dict(neuron_types=("fwd_up",), top_k=4, max_length=32, batch_size=8, postings=True)
 
 
 def _same_index(a, b):
@@ -199,7 +199,7 @@ def test_ray_extraction_builds_the_local_index(local_build, tmp_path):
     pool, local = local_build
     docs = (normalize_documents(t, "pool") for t in iter_document_batches([pool], "auto", 25, require_text=True))
     model = local.backbone()
-    built = Index.create(tmp_path / "ray", local.spec)
+    built = Index.create(tmp_path / "ray", local.spec, postings=True)
     # one commit for the whole stream, as `append(..., engine="ray")` does
     stream = list(R.extract_batches(docs, model=model, spec=local.spec, batch_size=8))
     assert sum(d.num_rows for d, _ in stream) == 60
@@ -257,7 +257,7 @@ def store_index(tmp_path_factory):
     spec = FeatureSpec(backbone="synthetic", backbone_hash="0" * 16, num_layers=L, top_k=K,
                        neuron_types=("fwd_up",), layer_widths={"fwd_up": W})
     path = tmp_path_factory.mktemp("rank") / "idx"
-    index = Index.create(path, spec, embedder="hash:8")  # embeddings for the fusion modes
+    index = Index.create(path, spec, embedder="hash:8", postings=True)  # embeddings for the fusion modes
     index.batch_rows = 400  # several Lance fragments, so the scan has several blocks
     index.append(documents=payload, feature_arrays={"fwd_up": feats}, progress=False)
     again = Index.open(path)

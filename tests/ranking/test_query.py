@@ -380,7 +380,7 @@ def store_index(tmp_path_factory):
     feats, payload = make_pool(rng, 400, L, K, W)
     root = tmp_path_factory.mktemp("q")
     path = root / "idx"
-    index = Index.create(path, make_spec(L, K, W))
+    index = Index.create(path, make_spec(L, K, W), postings=True)
     index.append(documents=payload, feature_arrays={"fwd_up": feats}, progress=False)
     # replace some rows: the replaced versions must not be selected
     again = payload.slice(0, 40)

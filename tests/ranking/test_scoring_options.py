@@ -200,7 +200,7 @@ def embedded_index(tmp_path_factory):
     texts = [" ".join(rng.choice(words, 6)) for _ in range(120)]
     payload = payload.set_column(payload.column_names.index("doc"), "doc", pa.array(texts))
     path = tmp_path_factory.mktemp("emb") / "idx"
-    index = Index.create(path, make_spec(L, K, W), embedder="hash:16")
+    index = Index.create(path, make_spec(L, K, W), embedder="hash:16", postings=True)
     index.append(documents=payload.slice(0, 80), feature_arrays={"fwd_up": feats[:80]}, progress=False)
     Index.open(path).append(documents=payload.slice(80), feature_arrays={"fwd_up": feats[80:]}, progress=False)
     return path, feats, payload, texts, rng

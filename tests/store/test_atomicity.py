@@ -57,7 +57,7 @@ def setup(tmp_path):
     old_ids = [f"o{i}" for i in range(N_OLD)]
     new_ids = [f"n{i}" for i in range(N_NEW)]
     old_f, new_f = features_for(N_OLD, 1), features_for(N_NEW, 2)
-    index = Index.create(tmp_path / "idx", SPEC)
+    index = Index.create(tmp_path / "idx", SPEC, postings=True)
     index.batch_rows = 16
     index.append(documents=pa.table({"docid": old_ids, "token_num": np.ones(N_OLD, np.int64)}), feature_arrays={"fwd_up": old_f}, progress=False)
     pq.write_table(pa.table({"docid": new_ids, "doc": [f"t{i}" for i in range(N_NEW)], "token_num": np.full(N_NEW, 2, np.int64)}), tmp_path / "pool.parquet")
@@ -130,7 +130,7 @@ def test_kill_at_random_moments(setup):
     for trial in range(3):
         index_dir = tmp_path / "idx"
         shutil.rmtree(index_dir)
-        index = Index.create(index_dir, SPEC)
+        index = Index.create(index_dir, SPEC, postings=True)
         index.append(documents=pa.table({"docid": old[0], "token_num": np.ones(N_OLD, np.int64)}), feature_arrays={"fwd_up": old[1]}, progress=False)
         delay = float(rng.uniform(0.3 * full, 1.1 * full))
         run_child(tmp_path, kill_after=delay)

@@ -32,7 +32,7 @@ def docs(ids, tokens=None):
 
 
 def make_index(path, n=N, replace_some=False) -> Index:
-    index = Index.create(path, SPEC)
+    index = Index.create(path, SPEC, postings=True)
     ids = [f"d{i}" for i in range(n)]
     index.append(documents=docs(ids), feature_arrays={"fwd_up": features_for(n, 1)}, progress=False)
     if replace_some:
@@ -203,7 +203,7 @@ def test_check_finds_a_lance_table_that_disagrees(tmp_path):
 
 
 def test_token_totals_that_overflow_are_refused(tmp_path):
-    index = Index.create(tmp_path / "idx", SPEC)
+    index = Index.create(tmp_path / "idx", SPEC, postings=True)
     ids = [f"t{i}" for i in range(10)]
     with pytest.raises(NagError, match=r"token counts add up to more than 2\*\*62"):
         index.append(documents=docs(ids, np.full(10, 2**62, np.int64)), feature_arrays={"fwd_up": features_for(10, 1)}, progress=False)
@@ -321,7 +321,7 @@ def test_a_hub_model_named_by_an_index_is_not_downloaded(tmp_path, capfd):
     import dataclasses
 
     spec = dataclasses.replace(SPEC, backbone="nobody/not-a-model", extra={"backbone_location": "nobody/not-a-model"})
-    index = Index.create(tmp_path / "idx", spec)
+    index = Index.create(tmp_path / "idx", spec, postings=True)
     index.append(documents=docs(["a"]), feature_arrays={"fwd_up": features_for(1, 1)}, progress=False)
     with pytest.raises(NagError) as e:
         Index.open(tmp_path / "idx").backbone()

@@ -39,7 +39,7 @@ def docs_table(ids, **cols) -> pa.Table:
 
 
 def small_index(path, spec=None, segment_rows=7, batch_rows=5) -> Index:
-    index = Index.create(path, spec or make_spec())
+    index = Index.create(path, spec or make_spec(), postings=True)
     index.segment_rows, index.batch_rows = segment_rows, batch_rows
     return index
 
@@ -524,7 +524,7 @@ def test_an_index_without_postings_scans_and_answers_the_same(tmp_path):
                        neuron_types=("fwd_up",), layer_widths={"fwd_up": W})
     feats = np.stack([np.concatenate([rng.permutation(W)[:K] for _ in range(L)]) for _ in range(n)]).astype(np.uint16)
     docs = pa.table({"docid": [f"d{i}" for i in range(n)], "doc": ["x"] * n, "token_num": rng.integers(1, 9, n)})
-    with_lists, without = Index.create(tmp_path / "a", spec), Index.create(tmp_path / "b", spec, postings=False)
+    with_lists, without = Index.create(tmp_path / "a", spec, postings=True), Index.create(tmp_path / "b", spec)
     for index in (with_lists, without):
         index.append(documents=docs, feature_arrays={"fwd_up": feats}, progress=False)
     a, b = Index.open(tmp_path / "a"), Index.open(tmp_path / "b")
@@ -532,7 +532,7 @@ def test_an_index_without_postings_scans_and_answers_the_same(tmp_path):
     assert not list((tmp_path / "b").rglob("postings.*")) and list((tmp_path / "a").rglob("postings.*"))
     target = feats[:5]
     got = run_query(b, [target], top=10, plan="inverted")
-    assert got.plans[0].path == "scan" and "--no-postings" in got.plans[0].reason
+    assert got.plans[0].path == "scan" and "--postings" in got.plans[0].reason
     assert got.table.column("docid").to_pylist() == run_query(a, [target], top=10).table.column("docid").to_pylist()
     b.append(documents=pa.table({"docid": ["new"], "doc": ["y"], "token_num": [3]}),
              feature_arrays={"fwd_up": feats[:1]}, progress=False)
