@@ -67,7 +67,7 @@ def build(path: Path, real, domains, n: int, k: int, keep: float, seed: int, wid
 
     spec = FeatureSpec(backbone="real-nag-resampled", backbone_hash="7" * 64, num_layers=real.shape[1], top_k=k,
                        neuron_types=(NT,), layer_widths={NT: width})
-    index = Index.create(path, spec)
+    index = Index.create(path, spec, postings=True)  # the lists are what this measures
     rng = np.random.default_rng(seed + 1)
 
     def batches():
