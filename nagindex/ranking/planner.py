@@ -119,6 +119,8 @@ def local_candidates(index, profiles: Sequence[scoring.Profile], neuron_type: st
     to_scan = [i for i in range(len(profiles)) if i not in found]
     if to_scan:
         scores = scan_scores(index, [profiles[i] for i in to_scan], neuron_type, progress=request.progress)
+        every_row_live = len(live) == index.num_rows  # then a view, not a copy of n scores
         for j, i in enumerate(to_scan):
-            found[i] = PlannedCandidates(inv.Candidates(live, scores[j][live], {}), plans[i])
+            found[i] = PlannedCandidates(inv.Candidates(live, scores[j] if every_row_live else scores[j][live], {}),
+                                         plans[i])
     return [found[i] for i in range(len(profiles))]

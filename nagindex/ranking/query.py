@@ -382,7 +382,8 @@ def select_one(index, scored: Scored, profile: scoring.Profile | None, request: 
     nag, sims = scored.nag, scored.embedding
     combined, missing = None, 0
     keys = -scores
-    total = int(tokens[request.live].sum())
+    every_row_live = len(request.live) == len(tokens)
+    total = int(tokens.sum() if every_row_live else tokens[request.live].sum())
     if quality_col is not None:
         q = quality_combination_for(index, rows, scores, profile, quality_col, invert_quality)
         missing = q.missing
@@ -397,7 +398,8 @@ def select_one(index, scored: Scored, profile: scoring.Profile | None, request: 
     if request.tops[i] is not None:
         picked = selection.top_selection(keys, ids, request.tops[i])
     else:
-        picked = selection.budget_selection(keys, tokens[rows], ids, request.fractions[i], total_tokens=total)
+        row_tokens = tokens if all_rows else tokens[rows]  # every row: no copy
+        picked = selection.budget_selection(keys, row_tokens, ids, request.fractions[i], total_tokens=total)
     distance = scoring.nag_distance(nag[picked], profile) if nag is not None else np.full(len(picked), np.nan)
     fused = scores[picked] / emb.RRF_ONE if (nag is not None and sims is not None) else None
     return Pick(rows[picked], distance, combined[picked] if combined is not None else None, missing,

@@ -112,20 +112,26 @@ def budget_selection(
 
 
 def _leading_rows(keys: np.ndarray, tokens: np.ndarray, budget: int) -> np.ndarray | None:
-    """For integer keys of a small range: the rows whose key is at most the
-    key at which the token budget runs out (a counting pass, no sort), so
-    only those need sorting. None when the keys do not allow it."""
+    """For integer keys: the rows whose key is at most the end of the key bin
+    in which the token budget runs out (a counting pass, no sort), so only
+    those need sorting. Rows past that bin cannot be kept: the rows before
+    them already hold more tokens than the budget. None when no bin runs it out.
+
+    Bins are 2**shift keys wide, at most one per 16 rows, so the histogram
+    stays small (n/2 bytes) whatever the range of the scores."""
     if keys.dtype.kind not in "iu" or keys.size < 4096:
         return None
     lo, hi = int(keys.min()), int(keys.max())
-    if hi - lo > 4 * keys.size:
-        return None
-    mass = np.bincount(keys - lo, weights=tokens, minlength=hi - lo + 1)
+    shift = max(0, ((hi - lo) // max(keys.size // 16, 1)).bit_length())
+    bins = keys - lo
+    bins >>= shift
+    mass = np.bincount(bins, weights=tokens, minlength=((hi - lo) >> shift) + 1)
+    del bins
     # float64 sums of integer token counts are exact below 2**53
     past = np.flatnonzero(np.cumsum(mass) > budget)
     if not len(past):
         return None
-    return np.flatnonzero(keys <= lo + int(past[0]))
+    return np.flatnonzero(keys <= lo + ((int(past[0]) + 1) << shift) - 1)
 
 
 def top_selection(keys: np.ndarray, docids, top: int) -> np.ndarray:

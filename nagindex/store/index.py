@@ -264,7 +264,10 @@ class IndexSnapshot:
         """docid of every global row (num_rows)."""
         if self._docids is None:
             parts = [s.docids for s in self._segments]
-            self._docids = pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+            if len(parts) == 1:
+                self._docids = parts[0]  # concat_arrays would copy the one array
+            else:
+                self._docids = pa.concat_arrays(parts) if parts else pa.array([], pa.string())
         return self._docids
 
     def postings(self, neuron_type: str = DEFAULT_NEURON_TYPE):

@@ -96,11 +96,15 @@ def test_float_keys_tie_break_on_docid():
 
 
 @pytest.mark.parametrize("fraction", [0.0001, 0.05, 0.2, 0.7, 1.0])
-def test_large_pool_counting_cut_matches_the_reference(fraction):
-    # >= 4096 rows with integer keys take the counting-pass shortcut
+@pytest.mark.parametrize("score_range", [300, 10**12])
+def test_large_pool_counting_cut_matches_the_reference(fraction, score_range):
+    # >= 4096 rows with integer keys take the counting-pass shortcut; a range far wider
+    # than the pool counts keys in bins (fixed-point scores), ties included
     rng = np.random.default_rng(5)
     n = 20_000
-    scores = rng.integers(0, 300, n).tolist()
+    scores = rng.integers(0, score_range, n)
+    scores[::7] = scores[3]  # a large tie group
+    scores = scores.tolist()
     tokens = rng.integers(0, 50, n).tolist()
     docids = [f"d{x}" for x in rng.permutation(n)]
     got = selection.budget_selection(-np.array(scores, dtype=np.int64), np.array(tokens), pa.array(docids), fraction)
