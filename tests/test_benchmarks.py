@@ -54,3 +54,5 @@ def test_bench_inverted_smoke_gives_the_scan_answer():
     # scan, forced inverted lists and the planner's choice select the same rows
     assert "identical: True" in out
     assert re.search(r"auto: +\S+: (scan|inverted) - ", out)
+    # the forced run really read the lists (additive scores), rather than scanning at once
+    assert re.search(r"inverted: +\S+: (inverted - |scan - .*fell back)", out), out
