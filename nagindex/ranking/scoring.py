@@ -456,7 +456,8 @@ def _uint16_block(block: np.ndarray, width: int, source: str) -> np.ndarray:
     (they index their weight table without bounds checks)."""
     if block.dtype != np.uint16 or not block.flags.c_contiguous:
         block = np.ascontiguousarray(block, dtype=np.uint16)
-    check_neuron_ids(block, width, source)
+    if block.size and numba_kernels().max_neuron_id(block) >= width:
+        check_neuron_ids(block, width, source)  # raises, naming the id
     return block
 
 
