@@ -520,9 +520,10 @@ def score_features_many(features: np.ndarray, profiles, *, kernel: str | None = 
     out = np.empty((len(profiles), n), dtype=np.int64)
     if kernel == "numba" and HAVE_NUMBA:
         k = numba_kernels()
+        by_entry = np.ascontiguousarray(tables.T)  # (L*width, P): one cache line per lookup for all P
         for start in range(0, n, BLOCK_ROWS):
             block = _uint16_block(features[start : start + BLOCK_ROWS], profiles[0].width, source)
-            k.gather_sum_many(block, offs, tables, tables.dtype.type(0), out[:, start : start + BLOCK_ROWS])
+            k.gather_sum_many(block, offs, by_entry, tables.dtype.type(0), out[:, start : start + BLOCK_ROWS])
     else:
         offs64 = offs.astype(np.int64)
         for start in range(0, n, NUMPY_STEP_ROWS):

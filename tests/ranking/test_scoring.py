@@ -168,7 +168,7 @@ def test_many_profiles_in_one_pass_equal_each_alone(kernel):
         for p in (1.0, 1.0, 0.5)
     ] + [scoring.build_profile(random_features(rng, 9, 4, 6, 100), num_layers=4, top_k=6, width=100, layers=[0, 2])]
     # the first two share one table type (one fused pass); the others fall back per profile
-    for group in (profiles[:2], profiles):
+    for group in (profiles[:2], profiles[:2] * 3, profiles):  # two, six (as --each), and mixed
         got = scoring.score_features_many(pool, group, kernel=kernel)
         for j, p in enumerate(group):
             assert np.array_equal(got[j], scoring.score_features(pool, p, kernel="numpy"))
