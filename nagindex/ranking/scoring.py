@@ -415,9 +415,14 @@ def _score_weighted(features: np.ndarray, profile: Profile, kernel: str, out: np
     n = features.shape[0]
     if kernel == "numba" and HAVE_NUMBA:
         k = numba_kernels()
+        every_column = len(cols) == features.shape[1]  # all layers, all ranks: cols is 0..m-1
+        offs32 = offs.astype(np.int32)  # L*width entries: far below 2**31
         for start in range(0, n, BLOCK_ROWS):
             block = _uint16_block(features[start : start + BLOCK_ROWS], profile.width, source)
-            k.gather_sum_weighted(block, cols, offs, mult, table, out[start : start + BLOCK_ROWS])
+            if every_column:
+                k.gather_sum_weighted_all(block, offs32, mult, table, out[start : start + BLOCK_ROWS])
+            else:
+                k.gather_sum_weighted(block, cols, offs, mult, table, out[start : start + BLOCK_ROWS])
         return
     for start in range(0, n, NUMPY_STEP_ROWS):
         check_neuron_ids(features[start : start + NUMPY_STEP_ROWS], profile.width, source)
