@@ -37,6 +37,21 @@ def invoke(*args):
     return CliRunner().invoke(app, ["index", *map(str, args)])
 
 
+def test_inverted_lists_only_with_postings_and_the_same_answers(tmp_path):
+    pool, feats_file, feats = write_inputs(tmp_path, "pool", [f"a{i}" for i in range(40)], 3)
+    for name, flags in (("plain", ()), ("lists", ("--postings",))):
+        res = invoke("build", tmp_path / name, pool, "--features", feats_file, "--no-progress", *flags)
+        assert res.exit_code == 0, res.output
+    plain, lists = Index.open(tmp_path / "plain"), Index.open(tmp_path / "lists")
+    assert not plain.has_postings and not list((tmp_path / "plain").rglob("postings.*"))
+    assert lists.has_postings and list((tmp_path / "lists").rglob("postings.*.ids"))
+    target = feats[:4]
+    a = plain.run_query([target], preset="paper", top=7, plan="inverted")
+    b = lists.run_query([target], preset="paper", top=7, plan="inverted")
+    assert a.plans[0].path == "scan" and "--postings" in a.plans[0].reason
+    assert a.table.column("docid").to_pylist() == b.table.column("docid").to_pylist()
+
+
 def test_build_append_info_compact(tmp_path):
     idx = tmp_path / "idx"
     pool, feats_file, feats = write_inputs(tmp_path, "pool", [f"a{i}" for i in range(12)], 1)
