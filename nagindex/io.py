@@ -416,12 +416,29 @@ class SeenDocids:
                     return int(i)
         order = np.argsort(h1, kind="stable")
         self._runs.append((h1[order], h2[order]))
+        del order
         while len(self._runs) > 1 and len(self._runs[-2][0]) <= len(self._runs[-1][0]):
-            (a1, a2), (b1, b2) = self._runs.pop(-2), self._runs.pop()
-            c1 = np.concatenate([a1, b1])
-            order = np.argsort(c1, kind="stable")
-            self._runs.append((c1[order], np.concatenate([a2, b2])[order]))
+            b = self._runs.pop()
+            a = self._runs.pop()
+            self._runs.append(_merge_runs(a, b))
         return None
+
+
+def _merge_runs(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Two sorted runs of hash pairs as one, by the slots the second's entries take
+    (no argsort of the whole: the last merge of a large pool is its memory peak)."""
+    (a1, a2), (b1, b2) = a, b
+    slots = np.searchsorted(a1, b1, side="right")
+    slots += np.arange(len(b1), dtype=slots.dtype)
+    from_a = np.ones(len(a1) + len(b1), dtype=bool)
+    from_a[slots] = False
+    out = []
+    for x, y in ((a1, b1), (a2, b2)):
+        merged = np.empty(len(from_a), dtype=x.dtype)
+        merged[slots] = y
+        merged[from_a] = x
+        out.append(merged)
+    return out[0], out[1]
 
 
 def read_documents(

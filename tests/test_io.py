@@ -221,6 +221,11 @@ def test_seen_docids_finds_exactly_the_repeats(ids, batch, data):
     batches = [ids[i : i + batch] for i in range(0, len(ids), batch)]
     for b in batches:
         assert seen.add(pa.array(b)) is None  # distinct docids never collide
+    # the merged runs hold every hash pair once, each run sorted by its first hash
+    h1, h2 = docid_hashes(pa.array(ids))
+    runs = seen._runs
+    assert all(np.all(r1[:-1] <= r1[1:]) for r1, _ in runs)
+    assert sorted(p for r1, r2 in runs for p in zip(r1.tolist(), r2.tolist())) == sorted(zip(h1.tolist(), h2.tolist()))
     again = data.draw(st.sampled_from(ids))
     fresh = [x for x in ["zz-new", again] if x not in ids or x == again]
     pos = seen.add(pa.array(fresh))
