@@ -24,6 +24,7 @@ from nagindex.schemas import FeatureSpec
 from nagindex.store.postings import PostingLists, StackedPostingLists, layer_postings
 
 from test_scoring import random_features
+from test_selection import reference_selection
 
 # These tests check the SPEC formula: they query with the paper preset (the
 # default configuration's own paths are tested in tests/ranking/test_scoring_options.py).
@@ -137,20 +138,6 @@ def _weight_multiset(target, doc, K, layers):
     return tuple(sorted(key))
 
 
-def ref_select(sims, docids, tokens, rows, fraction=None, top=None):
-    order = sorted(rows, key=lambda i: (-sims[i], docids[i]))
-    if top is not None:
-        return order[:top]
-    budget = math.floor(sum(tokens[i] for i in rows) * fraction)
-    kept, total = [], 0
-    for i in order:
-        if total + tokens[i] > budget:
-            break
-        total += tokens[i]
-        kept.append(i)
-    return kept or order[:1]
-
-
 @st.composite
 def query_cases(draw):
     L = draw(st.integers(1, 4))
@@ -200,7 +187,7 @@ def test_scan_matches_the_reference(case):
     docids = index.docids().to_pylist()
     tokens = index.token_num().tolist()
     rows = list(live_rows(index))
-    expected = ref_select(sims, docids, tokens, rows, fraction=fraction, top=top)
+    expected = reference_selection(sims, docids, tokens, rows, fraction=fraction, top=top)
     assert res.table.column("docid").to_pylist() == [docids[i] for i in expected]
     got = np.array(res.table.column("nag_distance").to_pylist())
     want = np.array([1 - float(sims[i]) for i in expected])

@@ -25,9 +25,15 @@ def pools(draw):
     return docids, scores, tokens, fraction
 
 
-def reference_budget(docids, scores, tokens, fraction):
-    order = sorted(range(len(docids)), key=lambda i: (-scores[i], docids[i]))
-    budget = math.floor(sum(tokens) * fraction)
+def reference_selection(scores, docids, tokens, rows=None, *, fraction=None, top=None):
+    """SPEC 3 in plain Python: `rows` (default all) by score descending, then docid; the
+    best `top`, or the longest prefix within floor(T * fraction) tokens (T summed over
+    `rows`), the first row at least."""
+    rows = range(len(docids)) if rows is None else rows
+    order = sorted(rows, key=lambda i: (-scores[i], docids[i]))
+    if top is not None:
+        return order[:top]
+    budget = math.floor(sum(tokens[i] for i in rows) * fraction)
     kept, total = [], 0
     for i in order:
         if total + tokens[i] > budget:
@@ -42,7 +48,7 @@ def reference_budget(docids, scores, tokens, fraction):
 def test_budget_selection_matches_the_reference(pool):
     docids, scores, tokens, fraction = pool
     got = selection.budget_selection(-np.array(scores, dtype=np.int64), np.array(tokens), pa.array(docids), fraction)
-    assert [docids[i] for i in got] == [docids[i] for i in reference_budget(docids, scores, tokens, fraction)]
+    assert [docids[i] for i in got] == [docids[i] for i in reference_selection(scores, docids, tokens, fraction=fraction)]
 
 
 @settings(max_examples=200, deadline=None)
@@ -108,4 +114,4 @@ def test_large_pool_counting_cut_matches_the_reference(fraction, score_range):
     tokens = rng.integers(0, 50, n).tolist()
     docids = [f"d{x}" for x in rng.permutation(n)]
     got = selection.budget_selection(-np.array(scores, dtype=np.int64), np.array(tokens), pa.array(docids), fraction)
-    assert got.tolist() == reference_budget(docids, scores, tokens, fraction)
+    assert got.tolist() == reference_selection(scores, docids, tokens, fraction=fraction)
