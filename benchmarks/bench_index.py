@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -120,12 +119,13 @@ def sizes(index_dir: Path) -> dict:
 
 class MemorySampler:
     """Peak resident memory of this process, split into anonymous (heap) and file-backed
-    (mapped index files, reclaimable page cache) parts, sampled every 50 ms."""
+    (mapped index files, reclaimable page cache) parts, sampled every 50 ms; VmHWM is
+    the kernel's own high-water mark of the whole, read at the last sample."""
 
     def __init__(self):
         import threading
 
-        self.peak = {"RssAnon": 0, "RssFile": 0, "VmRSS": 0}
+        self.peak = {"RssAnon": 0, "RssFile": 0, "VmRSS": 0, "VmHWM": 0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -150,15 +150,6 @@ class MemorySampler:
         self._sample()
 
 
-def _vm_hwm_kb() -> int:
-    """This process's own peak resident set (kB), from /proc/self/status."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # not Linux: the best there is
-
-
 def worker(args: list[str]) -> None:
     import faiss  # noqa: F401  (imported before the clock starts: process start-up is not indexing)
     import lancedb  # noqa: F401
@@ -178,9 +169,8 @@ def worker(args: list[str]) -> None:
     seconds = time.perf_counter() - started
     # VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across exec, so a worker
     # started by the benchmark (which holds the generated pool) would report the parent's peak
-    peak_kb = _vm_hwm_kb()
     print(json.dumps({
-        "op": op, "seconds": seconds, "peak_rss_mb": peak_kb / 1024, "peak_anon_mb": memory.peak["RssAnon"],
+        "op": op, "seconds": seconds, "peak_rss_mb": memory.peak["VmHWM"], "peak_anon_mb": memory.peak["RssAnon"],
         "peak_file_mb": memory.peak["RssFile"], "documents": index.num_documents,
     }))
 

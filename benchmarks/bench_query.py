@@ -250,7 +250,7 @@ def main(argv=None) -> int:
 
         # (a) kernel ---------------------------------------------------------
         if "a" in args.parts:
-            kernel_figures(args, profile, weights)
+            kernel_figures(args, target, profile, weights)
         if not set("bcde") & set(args.parts):
             return 0
         if not set("bce") & set(args.parts):
@@ -273,7 +273,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def kernel_figures(args, profile, weights) -> None:
+def kernel_figures(args, target, profile, weights) -> None:
     rows = min(args.kernel_rows, args.n)
     feats = np.concatenate([f for _, f in feature_chunks(rows, args.seed, args.zipf)])
     kernel = scoring._kernel_name()  # the large-pool kernel (numba where installed), whatever the rows
@@ -288,16 +288,15 @@ def kernel_figures(args, profile, weights) -> None:
     print(f"(a) kernel on {rows:,} rows: nagindex {rows / t_ours:,.0f} docs/s, numpy fallback "
           f"{rows / t_np:,.0f} docs/s, upstream-style {rows / t_up:,.0f} docs/s; "
           f"ratio {t_up / t_ours:.1f}x (fallback {t_up / t_np:.1f}x); max |distance diff| {diff:.2e}")
-    discounted_kernel_figures(feats, args, kernel)
+    discounted_kernel_figures(feats, target, kernel)
     del feats
 
 
-def discounted_kernel_figures(feats: np.ndarray, args, kernel: str) -> None:
+def discounted_kernel_figures(feats: np.ndarray, target: np.ndarray, kernel: str) -> None:
     """The default scoring's kernel (idf weights, power 0.5, the 1/log2(r+2) rank
     discount) vs a plain numpy kernel of the same formula: per layer, a dense
     weight table gathered on int64 features, times the per-rank discount, summed."""
     rows = len(feats)
-    target = np.concatenate([f for _, f in feature_chunks(args.targets, args.seed + 1000, args.zipf)])
     counts = scoring.layer_counts(feats, num_layers=L, top_k=K, width=WIDTH).reshape(L, WIDTH)  # the pool's df
     profile = scoring.build_profile(target, num_layers=L, top_k=K, width=WIDTH, power=0.5, weighting="idf",
                                     pool_counts=counts, pool_size=rows, discount="log2")

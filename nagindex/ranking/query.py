@@ -382,8 +382,7 @@ def select_one(index, scored: Scored, profile: scoring.Profile | None, request: 
     nag, sims = scored.nag, scored.embedding
     combined, missing = None, 0
     keys = -scores
-    every_row_live = len(request.live) == len(tokens)
-    total = int(tokens.sum() if every_row_live else tokens[request.live].sum())
+    total = int(tokens[request.live].sum())
     if quality_col is not None:
         q = quality_combination_for(index, rows, scores, profile, quality_col, invert_quality)
         missing = q.missing
