@@ -418,7 +418,7 @@ def rss_figures(args, work, rss_sizes, idx, target_path) -> None:
                       "--no-progress")
         rss, wall = peak_rss_mb(cmd)
         print(f"(d) n={n:,}: nag query peak RSS {rss:.0f} MiB ({rss * 2**20 / n:.0f} B/doc), {wall:.2f} s wall")
-        if rss_idx != idx:
+        if rss_idx != idx and args.workdir is None:  # a --workdir keeps its pools for the next run
             shutil.rmtree(rss_idx.parent, ignore_errors=True)
 
 

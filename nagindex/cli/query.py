@@ -26,11 +26,9 @@ def _check_output(out: Path) -> None:
         raise NagError(f"cannot write {out}: {probe} is not a writable directory")
 
 
-def _write(table, out: Path) -> None:
-    from nagindex.io import write_table_atomic
-
+def _write(result, out: Path) -> None:
     try:
-        write_table_atomic(table, out)
+        result.write_parquet(out)
     except OSError as e:
         raise NagError(f"cannot write {out}: {e.strerror or e}") from None
 
@@ -153,7 +151,7 @@ def query(
         progress=progress,
         each=each,
     )
-    _write(result.table, out)
+    _write(result, out)
     summary = dict(result.summary)
     if as_json:
         import json

@@ -38,6 +38,7 @@ class Candidates:
     rows: np.ndarray  # candidate global rows (sorted), a superset of the answer
     scores: np.ndarray  # their exact int64 scores
     stats: dict = field(default_factory=dict)
+    tokens: np.ndarray | None = None  # their token counts, where the step read them
 
 
 def _budget_threshold(acc: np.ndarray, live: np.ndarray, tokens: np.ndarray, budget: int) -> int | None:

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from nagindex.errors import NagError
 from nagindex.ranking import embedding as emb
-from nagindex.ranking import scoring, selection
+from nagindex.ranking import output, scoring, selection
 from nagindex.ranking.options import ScoringOptions
 from nagindex.ranking.planner import PLANS, CandidateRequest, Plan, local_candidates
 from nagindex.ranking.scan import pool_neuron_counts
@@ -36,26 +36,57 @@ from nagindex.ranking.targets import (
     load_feature_target,
     load_text_target,
 )
-from nagindex.schemas import (
-    DATASET,
-    DEFAULT_NEURON_TYPE,
-    DOCID,
-    EMBEDDING,
-    TEXT,
-    TOKEN_NUM,
-    feature_column,
-)
+from nagindex.schemas import DATASET, DEFAULT_NEURON_TYPE
 from nagindex.sources import is_table_like
-from nagindex.store.index import live_rows
 
 DEFAULT_FRACTION = 0.2
 
 
-@dataclass
 class QueryResult:
-    table: pa.Table  # selected rows in rank order
-    summary: dict
-    plans: list[Plan]
+    """A query's selection: `table` (the selected rows in rank order, made on first use),
+    `write_parquet` (the same table streamed to a file, one batch in memory at a time),
+    `summary` and the `plans` with `explain`."""
+
+    def __init__(self, index, selection: output.Selection, *, with_text: bool, plans: list[Plan], summary: dict):
+        self.index = index
+        self.selection = selection
+        self.with_text = with_text
+        self.plans = plans
+        self._summary = summary  # everything but what the output rows say
+        self._dataset_counts: dict[str, int] | None = None
+
+    @cached_property
+    def table(self) -> pa.Table:
+        return output.output_table(self.index, self.selection, with_text=self.with_text)
+
+    def write_parquet(self, path) -> None:
+        """Write the output table to `path` (parquet) batch by batch, atomically."""
+        counts = output.write_parquet(self.index, self.selection, path, with_text=self.with_text)
+        self._dataset_counts = self._dataset_counts or counts
+
+    @property
+    def summary(self) -> dict:
+        if self._dataset_counts is None:
+            table = self.__dict__.get("table")  # made already: count from it
+            if table is not None:
+                self._dataset_counts = output.add_dataset_counts({}, table.column(DATASET))
+            else:
+                self._dataset_counts = self._count_datasets()
+        picked = output.selection_summary(self.selection, self._dataset_counts)
+        order = ("selected_docs", "selected_tokens", "pool_docs", "pool_tokens", "distance_min", "distance_max",
+                 "datasets")
+        merged = {**self._summary, **picked}
+        return {**{k: merged[k] for k in order}, **{k: v for k, v in merged.items() if k not in order}}
+
+    def _count_datasets(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        if DATASET not in self.index.columns():
+            return output.add_dataset_counts(counts, pa.nulls(len(self.selection), pa.string()))
+        rows = self.selection.rows
+        for lo in range(0, len(rows), output.OUTPUT_BATCH_ROWS):
+            part = self.index.take(rows[lo : lo + output.OUTPUT_BATCH_ROWS], [DATASET]).column(DATASET)
+            output.add_dataset_counts(counts, part)
+        return counts
 
     def explain(self) -> str:
         return "\n".join(p.describe() for p in self.plans)
@@ -174,21 +205,21 @@ def run_query(
     if prefetch is not None:
         prefetch()  # the output's payload reader loads while the pool is scored (targets are good by now)
     mode = resolve_mode(opts.mode, index, loaded)
-    live = live_rows(index)
-    request = candidate_request(index, loaded, live, fraction=fraction, top=top, plan=plan, each=each,
+    request = candidate_request(index, loaded, fraction=fraction, top=top, plan=plan, each=each,
                                 quality=quality_col is not None, progress=progress)
     request.every_row = mode == "fusion"
     profiles = [None] * len(loaded)
     if mode != "embedding":
-        profiles = target_profiles(index, loaded, neuron_type, live, power=opts.power, layers=kept_layers,
-                                   weighting=opts.weighting, slots=slots, discount=opts.discount)
+        profiles = target_profiles(index, loaded, neuron_type, request.live_mask, power=opts.power,
+                                   layers=kept_layers, weighting=opts.weighting, slots=slots, discount=opts.discount)
         candidate_step = local_candidates if engine is None else engine.candidates
         found = candidate_step(index, profiles, neuron_type, request)
-        nag = [(f.candidates.rows, f.candidates.scores) for f in found]
+        nag = [(f.candidates.rows, f.candidates.scores, f.candidates.tokens) for f in found]
         plans = [f.plan for f in found]
     else:
         nag = [None] * len(loaded)
         plans = [Plan(t.name, "embedding", "the embedding alone scores every row") for t in loaded]
+    live = request.live if mode != "nag" else None  # the embedding scores every live row
     pool_vectors = index.embeddings(live) if mode != "nag" else None
     scored = [ranked_scores(index, live, nag[i], loaded[i], pool_vectors, opts, mode) for i in range(len(loaded))]
 
@@ -197,14 +228,18 @@ def run_query(
                    invert_quality=invert_quality)
         for i in range(len(loaded))
     ]
-    table = mixture_table(index, picks, [t.name for t in loaded], request.tokens, dedupe=dedupe, with_text=with_text,
-                          name_targets=each or len(picks) > 1,
-                          quality=quality_col is not None)
-    missing_quality = picks[-1].missing_quality if picks else 0
-    summary = _summary(table, live, int(request.tokens[live].sum()), plans, missing_quality, loaded)
-    summary["scoring"] = opts.describe(mode)
-    summary["mode"] = mode
-    return QueryResult(table, summary, plans)
+    chosen = mixture(index, picks, [t.name for t in loaded], dedupe=dedupe, name_targets=each or len(picks) > 1,
+                     quality=quality_col is not None)
+    summary = {
+        "pool_docs": request.n_live,
+        "pool_tokens": request.live_tokens,
+        "targets": {t.name: int(len(t.features)) for t in loaded},
+        "missing_quality": int(picks[-1].missing_quality if picks else 0),
+        "plans": [p.describe() for p in plans],
+        "scoring": opts.describe(mode),
+        "mode": mode,
+    }
+    return QueryResult(index, chosen, with_text=with_text, plans=plans, summary=summary)
 
 
 def _has_embeddings(index) -> bool:
@@ -231,22 +266,23 @@ class Scored:
     key: np.ndarray  # int64, higher is better
     nag: np.ndarray | None = None
     embedding: np.ndarray | None = None
+    tokens: np.ndarray | None = None  # token counts of `rows`, where the candidate step read them
 
 
 def ranked_scores(index, live: np.ndarray, nag, target: Target, pool_vectors, opts: ScoringOptions,
                   mode: str) -> Scored:
     """The score each mode ranks by: NAG's, the embedding's, or the fusion of both orders."""
     if mode == "nag":
-        rows, scores = nag
-        return Scored(rows, scores, nag=scores)
+        rows, scores, tokens = nag
+        return Scored(rows, scores, nag=scores, tokens=tokens)
     sims = emb.embedding_scores(pool_vectors, target.embeddings, how=opts.embedding_score,
                                 neighbours=opts.neighbours)
     if mode == "embedding":
         return Scored(live, sims, embedding=sims)
-    rows, scores = nag
+    rows, scores, _ = nag
     if not np.array_equal(rows, live):
         raise NagError("the rank fusion needs every live row's NAG score")  # an engine broke its contract
-    ids = index.docids().take(pa.array(live))
+    ids = index.docids() if len(live) == index.num_rows else index.docids_at(live)
     fused = emb.rrf_scores([scores, sims], ids, opts.rrf_k)
     return Scored(live, fused, nag=scores, embedding=sims)
 
@@ -310,18 +346,19 @@ def _per_target(target_filter, m: int) -> list:
     return values
 
 
-def target_profiles(index, targets: Sequence[Target], neuron_type: str, live: np.ndarray, *, power: float,
-                    layers, contrast: str | None = None, weighting: str | None = None, slots: int | None = None,
-                    discount: str | None = None) -> list[scoring.Profile]:
-    """The integer profile of each target (SPEC 2, or weighted against the pool)."""
+def target_profiles(index, targets: Sequence[Target], neuron_type: str, live_mask: np.ndarray | None, *,
+                    power: float, layers, contrast: str | None = None, weighting: str | None = None,
+                    slots: int | None = None, discount: str | None = None) -> list[scoring.Profile]:
+    """The integer profile of each target (SPEC 2, or weighted against the live pool:
+    `live_mask` False for replaced rows, None when every row is live)."""
     spec = index.spec
     if contrast == "pool":
         weighting = "contrast"
     needs_pool = weighting in ("idf", "contrast")
-    pool_counts = pool_neuron_counts(index, neuron_type, live, slots) if needs_pool else None
+    pool_counts = pool_neuron_counts(index, neuron_type, live_mask, slots) if needs_pool else None
     return [
         scoring.build_profile(t.features, num_layers=spec.num_layers, top_k=spec.top_k, width=spec.width(neuron_type),
-                              power=power, layers=layers, pool_counts=pool_counts, pool_size=len(live),
+                              power=power, layers=layers, pool_counts=pool_counts, pool_size=index.num_documents,
                               weighting=weighting, slots=slots, discount=discount)
         for t in targets
     ]
@@ -333,39 +370,34 @@ def profile_for(index, target_features: np.ndarray, options: ScoringOptions | No
     `deactivate`: the same weights, discount and K as the selection)."""
     opts = options or ScoringOptions()
     spec = index.spec
-    live = live_rows(index)
-    return target_profiles(index, [Target("target", np.asarray(target_features))], neuron_type, live,
+    return target_profiles(index, [Target("target", np.asarray(target_features))], neuron_type, index.live_mask(),
                            power=opts.power, layers=scoring.resolve_layers(opts.layers, spec.num_layers),
                            weighting=opts.weighting, slots=opts.slots(spec.top_k), discount=opts.discount)[0]
 
 
-def candidate_request(index, targets: Sequence[Target], live: np.ndarray, *, fraction: float | None,
-                      top: int | None, plan: str, quality: bool, progress: bool, each: bool = False) -> CandidateRequest:
+def candidate_request(index, targets: Sequence[Target], *, fraction: float | None, top: int | None, plan: str,
+                      quality: bool, progress: bool, each: bool = False) -> CandidateRequest:
     """What each of M targets selects: top/M rows (remainders to the first) or fraction/M of the tokens;
     with `each`, every target its own top N or fraction."""
     m = len(targets)
+    live_tokens = index.live_tokens()
     if each:
         tops = [top] * m
         fractions = [None if top is not None else fraction] * m
-        tokens = np.asarray(index.token_num(), dtype=np.int64)
-        live_tokens = int(tokens[live].sum())
-        budgets = [None if top is not None else selection.token_budget(live_tokens, fraction)] * m
-        return CandidateRequest(names=[t.name for t in targets], live=live, tokens=tokens, tops=tops,
-                                fractions=fractions, budgets=budgets, plan=plan, quality=quality, progress=progress)
-    tokens = np.asarray(index.token_num(), dtype=np.int64)
-    live_tokens = int(tokens[live].sum())
-    tops = _split_top(top, m) if top is not None else [None] * m
-    fractions = [None] * m if top is not None else [fraction / m] * m
+    else:
+        tops = _split_top(top, m) if top is not None else [None] * m
+        fractions = [None] * m if top is not None else [fraction / m] * m
     budgets = [None if tops[i] is not None else selection.token_budget(live_tokens, fractions[i]) for i in range(m)]
-    return CandidateRequest(names=[t.name for t in targets], live=live, tokens=tokens, tops=tops,
-                            fractions=fractions, budgets=budgets, plan=plan, quality=quality, progress=progress)
+    return CandidateRequest(names=[t.name for t in targets], tops=tops, fractions=fractions, budgets=budgets,
+                            index=index, plan=plan, quality=quality, progress=progress, live_tokens=live_tokens)
 
 
 @dataclass
 class Pick:
-    """One target's selection: rows in rank order with their distances (and combined scores)."""
+    """One target's selection: rows in rank order with their token counts and distances (and combined scores)."""
 
     rows: np.ndarray
+    tokens: np.ndarray
     distance: np.ndarray
     combined: np.ndarray | None = None
     missing_quality: int = 0
@@ -376,101 +408,69 @@ class Pick:
 def select_one(index, scored: Scored, profile: scoring.Profile | None, request: CandidateRequest, i: int, *,
                quality_col: str | None, invert_quality: bool) -> Pick:
     """Target i's selection from its candidates: exact order (score, then docid), then the cut."""
-    docids = index.docids()
-    tokens = request.tokens
     rows, scores = scored.rows, scored.key
     nag, sims = scored.nag, scored.embedding
+    # every row live and in order: the pool's own arrays, no copies
+    all_rows = len(rows) == index.num_rows and (len(rows) == 0 or (rows[0] == 0 and rows[-1] == len(rows) - 1))
+    if scored.tokens is not None:
+        row_tokens = scored.tokens
+    else:
+        row_tokens = request.tokens if all_rows else request.tokens[rows]
     combined, missing = None, 0
     keys = -scores
-    total = int(tokens[request.live].sum())
+    total = request.live_tokens
     if quality_col is not None:
         q = quality_combination_for(index, rows, scores, profile, quality_col, invert_quality)
         missing = q.missing
         rows, scores, combined = rows[q.kept], scores[q.kept], q.combined
+        row_tokens = row_tokens[q.kept]
         nag = nag[q.kept] if nag is not None else None
         sims = sims[q.kept] if sims is not None else None
         keys = combined
-        total = int(tokens[rows].sum())
-    # every row live and in order: no need to copy the docids
-    all_rows = len(rows) == len(docids) and (len(rows) == 0 or (rows[0] == 0 and rows[-1] == len(rows) - 1))
-    ids = docids if all_rows else docids.take(pa.array(rows))
+        total = int(row_tokens.sum())
+        all_rows = False
+    # the selection reads the docids of the rows whose order it decides, no more
+    ids = index.docids() if all_rows else (lambda positions: index.docids_at(rows[positions]))
     if request.tops[i] is not None:
         picked = selection.top_selection(keys, ids, request.tops[i])
     else:
-        row_tokens = tokens if all_rows else tokens[rows]  # every row: no copy
         picked = selection.budget_selection(keys, row_tokens, ids, request.fractions[i], total_tokens=total)
     distance = scoring.nag_distance(nag[picked], profile) if nag is not None else np.full(len(picked), np.nan)
     fused = scores[picked] / emb.RRF_ONE if (nag is not None and sims is not None) else None
-    return Pick(rows[picked], distance, combined[picked] if combined is not None else None, missing,
+    return Pick(rows[picked], np.asarray(row_tokens[picked], dtype=np.int64), distance,
+                combined[picked] if combined is not None else None, missing,
                 embedding=sims[picked] / emb.COSINE_ONE if sims is not None else None, fused=fused)
 
 
-def mixture_table(index, picks: Sequence[Pick], names: Sequence[str], tokens: np.ndarray, *, dedupe: bool,
-                  with_text: bool, quality: bool, name_targets: bool | None = None) -> pa.Table:
-    """The selections of every target, concatenated (SPEC 4 mixture) as the output table."""
-    keep = selection.mixture_positions([p.rows for p in picks], index.docids(), dedupe=dedupe)
-    rows = np.concatenate([p.rows for p in picks])[keep] if picks else np.zeros(0, np.int64)
-    distance = np.concatenate([p.distance for p in picks])[keep] if picks else np.zeros(0)
-    combined = np.concatenate([p.combined for p in picks])[keep] if quality and picks else None
-    which = np.concatenate([np.full(len(p.rows), i, dtype=np.int64) for i, p in enumerate(picks)])[keep] if picks else []
+def mixture(index, picks: Sequence[Pick], names: Sequence[str], *, dedupe: bool, quality: bool,
+            name_targets: bool | None = None) -> output.Selection:
+    """The selections of every target, concatenated (SPEC 4 mixture): the output's rows."""
+    keep = selection.mixture_positions([p.rows for p in picks], index.docids() if dedupe else None, dedupe=dedupe)
+
+    def joined(attr: str) -> np.ndarray:
+        return np.concatenate([getattr(p, attr) for p in picks])[keep]
+
     if name_targets is None:
         name_targets = len(picks) > 1
-    target_names = [names[w] for w in which] if name_targets else None
+    target = None
+    if name_targets and picks:
+        target = np.concatenate([np.full(len(p.rows), i, dtype=np.int32) for i, p in enumerate(picks)])[keep]
     extra = {}
     for col, attr in (("embedding_similarity", "embedding"), ("fusion_score", "fused")):
         if picks and all(getattr(p, attr) is not None for p in picks):
-            extra[col] = np.concatenate([getattr(p, attr) for p in picks])[keep]
-    return _output_table(index, rows, distance, combined, target_names, tokens, with_text, extra)
+            extra[col] = joined(attr)
+    return output.Selection(
+        rows=joined("rows") if picks else np.zeros(0, np.int64),
+        tokens=joined("tokens") if picks else np.zeros(0, np.int64),
+        distance=joined("distance") if picks else np.zeros(0),
+        combined=joined("combined") if quality and picks else None,
+        target=target,
+        target_names=list(names),
+        extra=extra,
+    )
 
 
 def quality_combination_for(index, rows, scores, profile, column, invert) -> selection.QualityCombination:
     quality = _quality_values(index, rows, column)
     # min-max of the integer score is the min-max of the distance, computed exactly
     return selection.quality_combination(-scores.astype(np.float64), quality, invert)
-
-
-def _output_table(index, rows, distance, combined, target_names, tokens, with_text, extra=None) -> pa.Table:
-    hidden = {DOCID, TOKEN_NUM, "_row", EMBEDDING} | {feature_column(t) for t in index.spec.neuron_types}
-    if not with_text:
-        hidden.add(TEXT)
-    payload_cols = [c for c in index.columns() if c not in hidden]
-    payload = index.take(rows, payload_cols)
-    cols: dict[str, pa.Array] = {
-        DOCID: index.docids().take(pa.array(rows, type=pa.int64())),
-        TOKEN_NUM: pa.array(tokens[rows], type=pa.int64()),
-        DATASET: payload.column(DATASET) if DATASET in payload.column_names else pa.nulls(len(rows), pa.string()),
-        # null where the NAG did not score (--mode embedding)
-        "nag_distance": pa.array(distance, type=pa.float64(), mask=np.isnan(np.asarray(distance, dtype=np.float64))),
-    }
-    for name, values in (extra or {}).items():
-        cols[name] = pa.array(values, type=pa.float64())
-    if combined is not None:
-        cols["combined_score"] = pa.array(combined, type=pa.float64())
-    if target_names is not None:
-        cols["target"] = pa.array(target_names, type=pa.string())
-    for c in payload.column_names:
-        if c not in cols:
-            cols[c] = payload.column(c)
-    return pa.table(cols)
-
-
-def _summary(table: pa.Table, live, live_tokens, plans, missing_quality, targets) -> dict:
-    dist = table.column("nag_distance").to_numpy(zero_copy_only=False) if table.num_rows else np.zeros(0)
-    dist = np.asarray(dist, dtype=np.float64)
-    counts: dict[str, int] = {}
-    for item in pc.value_counts(table.column(DATASET).cast(pa.string())).to_pylist():
-        key = "(none)" if item["values"] is None else str(item["values"])
-        counts[key] = counts.get(key, 0) + int(item["counts"])
-    tokens = int(np.asarray(table.column(TOKEN_NUM).to_numpy()).sum()) if table.num_rows else 0
-    return {
-        "selected_docs": table.num_rows,
-        "selected_tokens": tokens,
-        "pool_docs": int(len(live)),
-        "pool_tokens": int(live_tokens),
-        "distance_min": float(np.nanmin(dist)) if len(dist) and not np.isnan(dist).all() else None,
-        "distance_max": float(np.nanmax(dist)) if len(dist) and not np.isnan(dist).all() else None,
-        "datasets": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
-        "targets": {t.name: int(len(t.features)) for t in targets},
-        "missing_quality": int(missing_quality),
-        "plans": [p.describe() for p in plans],
-    }

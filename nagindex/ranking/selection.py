@@ -75,11 +75,39 @@ def select_top(n_rows: int, top: int) -> int:
     return min(int(top), int(n_rows))
 
 
+def docid_reader(docids):
+    """positions -> their docids (a pyarrow array), from `docids` given as an
+    array (numpy, pyarrow, list) or as such a function already, so that the
+    selections below read only the docids of the rows whose order they decide."""
+    if callable(docids):
+        return docids
+    arrow = _as_arrow(docids)
+    return lambda positions: arrow.take(pa.array(np.asarray(positions, dtype=np.int64)))
+
+
+# rows whose docids one step of `_order_prefix` reads at a time
+ORDER_CHUNK_ROWS = 65_536
+
+
 def _order_prefix(keys: np.ndarray, docids, end: int, coarse: np.ndarray) -> np.ndarray:
     """Exact order of the first `end` positions of `coarse` (a stable sort by
-    key alone), where `end` is a tie-group boundary."""
-    sub = coarse[:end]
-    return sub[exact_order(keys[sub], _as_arrow(docids).take(pa.array(sub)))]
+    key alone), where `end` is a tie-group boundary: chunk by chunk, each
+    through the end of its last tie group, so that only one chunk's docids
+    are read at a time, and none for a chunk without ties."""
+    docids_of = docid_reader(docids)
+    order = np.array(coarse[:end], dtype=np.int64)
+    sorted_keys = keys[order]
+    start = 0
+    while start < end:
+        stop = min(start + ORDER_CHUNK_ROWS, end)
+        if stop < end:
+            stop = int(np.searchsorted(sorted_keys, sorted_keys[stop - 1], side="right"))
+        part = order[start:stop]
+        chunk_keys = sorted_keys[start:stop]
+        if len(part) > 1 and bool(np.any(chunk_keys[1:] == chunk_keys[:-1])):
+            order[start:stop] = part[exact_order(chunk_keys, docids_of(part))]
+        start = stop
+    return order
 
 
 def budget_selection(
@@ -89,7 +117,8 @@ def budget_selection(
 
     Only the tie groups up to the cut are sorted by docid: the groups before
     it fit whole whatever their inner order (token counts are >= 0), and the
-    ones after it are out whatever their inner order.
+    ones after it are out whatever their inner order. `docids` may be a
+    function of positions (`docid_reader`): only those rows' docids are read.
     """
     keys = np.asarray(keys)
     tokens = np.asarray(token_num, dtype=np.int64)
@@ -100,8 +129,9 @@ def budget_selection(
     budget = token_budget(total, fraction)
     lead = _leading_rows(keys, tokens, budget)
     if lead is not None and len(lead) < n:
-        ids = _as_arrow(docids).take(pa.array(lead))
-        return lead[budget_selection(keys[lead], tokens[lead], ids, fraction, total_tokens=total)]
+        docids_of = docid_reader(docids)
+        return lead[budget_selection(keys[lead], tokens[lead], lambda pos: docids_of(lead[pos]), fraction,
+                                     total_tokens=total)]
     coarse = np.argsort(keys, kind="stable")
     sorted_keys = keys[coarse]
     cut = int(np.searchsorted(np.cumsum(tokens[coarse]), budget, side="right"))
@@ -109,6 +139,7 @@ def budget_selection(
     exact = _order_prefix(keys, docids, end, coarse)
     kept = int(np.searchsorted(np.cumsum(tokens[exact]), budget, side="right"))
     return exact[: max(kept, 1)]
+
 
 
 def _leading_rows(keys: np.ndarray, tokens: np.ndarray, budget: int) -> np.ndarray | None:
@@ -134,6 +165,72 @@ def _leading_rows(keys: np.ndarray, tokens: np.ndarray, budget: int) -> np.ndarr
     return np.flatnonzero(keys <= lo + ((int(past[0]) + 1) << shift) - 1)
 
 
+def pool_leading_rows(scores: np.ndarray, token_blocks, *, live: np.ndarray | None = None,
+                      budget: int | None = None, top: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows ascending, their scores, their token counts): the live rows of a
+    whole pool that can be in its selection, read in blocks with no copy of the pool.
+
+    `scores` (num_rows,) integers, higher is better; `token_blocks()` yields
+    (first row, int64 token counts) over rows 0..num_rows-1 in order; `live`
+    a bool mask (None: every row). The rows kept are those scored at or above
+    the score bin in which the token `budget` (or the `top` N rows) runs out:
+    every row ranked ahead of a row past that bin is inside it, and the bins
+    up to it already hold more than the budget (at least N rows), so no row
+    past it is selected; a tie group never spans two bins. Bins are 2**shift
+    scores wide, at most one per 16 live rows: memory is the candidates plus
+    a histogram of n/2 bytes. Neither `budget` nor `top`: every live row.
+    """
+    scores = np.asarray(scores)
+    if scores.dtype.kind not in "iu":
+        raise TypeError("pool_leading_rows needs integer scores")
+    n_live = len(scores) if live is None else int(np.count_nonzero(live))
+    threshold = None
+    if n_live and (budget is not None or top is not None):
+        lo, hi = _live_range(scores, live)
+        shift = max(0, ((hi - lo) // max(n_live // 16, 1)).bit_length())
+        mass = np.zeros(((hi - lo) >> shift) + 1, dtype=np.float64)
+        for first, tokens in token_blocks():
+            bins = hi - scores[first : first + len(tokens)].astype(np.int64)
+            bins >>= shift  # bin 0 holds the best scores
+            weights = np.ones(len(tokens)) if budget is None else tokens
+            if live is not None:
+                keep = live[first : first + len(tokens)]
+                bins, weights = bins[keep], weights[keep]
+            mass += np.bincount(bins, weights=weights, minlength=len(mass))
+        # float64 sums of integer token counts are exact below 2**53
+        cum = np.cumsum(mass)
+        past = np.flatnonzero(cum > budget) if budget is not None else np.flatnonzero(cum >= top)
+        if len(past):
+            threshold = hi - (((int(past[0]) + 1) << shift) - 1)
+    rows, kept_scores, kept_tokens = [], [], []
+    for first, tokens in token_blocks():
+        block = scores[first : first + len(tokens)]
+        keep = np.ones(len(tokens), dtype=bool) if threshold is None else block >= threshold
+        if live is not None:
+            keep &= live[first : first + len(tokens)]
+        at = np.flatnonzero(keep)
+        rows.append(at + first)
+        kept_scores.append(block[at])
+        kept_tokens.append(np.asarray(tokens[at], dtype=np.int64))
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros(0, scores.dtype), np.zeros(0, np.int64)
+    return np.concatenate(rows).astype(np.int64), np.concatenate(kept_scores), np.concatenate(kept_tokens)
+
+
+def _live_range(scores: np.ndarray, live: np.ndarray | None) -> tuple[int, int]:
+    """(lowest, highest) score of the live rows (at least one), without a copy of the pool."""
+    if live is None:
+        return int(scores.min()), int(scores.max())
+    lo, hi = None, None
+    step = 1 << 20
+    for start in range(0, len(scores), step):
+        block = scores[start : start + step][live[start : start + step]]
+        if len(block):
+            lo = int(block.min()) if lo is None else min(lo, int(block.min()))
+            hi = int(block.max()) if hi is None else max(hi, int(block.max()))
+    return lo, hi
+
+
 def top_selection(keys: np.ndarray, docids, top: int) -> np.ndarray:
     """The best `top` rows in rank order (key asc, docid asc)."""
     keys = np.asarray(keys)
@@ -142,8 +239,11 @@ def top_selection(keys: np.ndarray, docids, top: int) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     kth = np.partition(keys, n_keep - 1)[n_keep - 1]
     cand = np.flatnonzero(keys <= kth)
-    order = exact_order(keys[cand], _as_arrow(docids).take(pa.array(cand)))
-    return cand[order][:n_keep]
+    cand_keys = keys[cand]
+    docids_of = docid_reader(docids)
+    order = _order_prefix(cand_keys, lambda pos: docids_of(cand[pos]), len(cand),
+                          np.argsort(cand_keys, kind="stable"))
+    return cand[order[:n_keep]]
 
 
 def mixture_positions(selections: list[np.ndarray], docids, dedupe: bool = False) -> np.ndarray:

@@ -49,7 +49,7 @@ from nagindex.store import checksums
 from nagindex.store import versions as index_versions
 from nagindex.store.manifest import Manifest, read_manifest
 from nagindex.store.postings import StackedPostingLists, stack_postings
-from nagindex.store.segment import Segment, gather_rows
+from nagindex.store.segment import Segment, gather_rows, iter_blocks
 
 # Lance logs "No existing dataset ... will be created" as a warning on every new table.
 os.environ.setdefault("LANCEDB_LOG", "error")
@@ -248,7 +248,8 @@ class IndexSnapshot:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def token_num(self) -> np.ndarray:
-        """int64 (num_rows): token counts (0 where the pool had none)."""
+        """int64 (num_rows): token counts (0 where the pool had none); the mapped file
+        itself where there is one segment."""
         if self._token_num is None:
             parts = []
             for s in self._segments:
@@ -257,18 +258,64 @@ class IndexSnapshot:
                 if problem:
                     raise damaged(self.path, f"{s.dir / 'token_num.i64'} {problem}")
                 parts.append(part)
-            self._token_num = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+            if len(parts) == 1:
+                self._token_num = parts[0]
+            else:
+                self._token_num = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         return self._token_num
 
+    def token_blocks(self, block_rows: int = BATCH_ROWS):
+        """(first global row, int64 token counts) of every row, block by block, each checked;
+        read without keeping the pool's counts in resident memory."""
+        for s in self._segments:
+            for start, block in iter_blocks(s.token_num, block_rows):
+                problem = token_num_problem(block)
+                if problem:
+                    raise damaged(self.path, f"{s.dir / 'token_num.i64'} {problem}")
+                yield s.ref.first_row + start, block
+
+    def live_tokens(self) -> int:
+        """Tokens of the live documents (the T of the SPEC's budget), read block by block."""
+        mask = self.live_mask()
+        total = 0
+        for first, block in self.token_blocks():
+            total += int(block.sum() if mask is None else block[mask[first : first + len(block)]].sum())
+        return total
+
     def docids(self) -> pa.StringArray:
-        """docid of every global row (num_rows)."""
+        """docid of every global row (num_rows), as one array (a copy of the mapped files:
+        `docids_at` reads only the rows it is given)."""
         if self._docids is None:
-            parts = [s.docids for s in self._segments]
-            if len(parts) == 1:
-                self._docids = parts[0]  # concat_arrays would copy the one array
-            else:
-                self._docids = pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+            chunks = [c for s in self._segments for c in s.docid_chunks.chunks]
+            self._docids = pa.chunked_array(chunks, type=pa.string()).combine_chunks()
+            self._release_docid_pages()
         return self._docids
+
+    def docids_at(self, rows: np.ndarray | Sequence[int]) -> pa.StringArray:
+        """docids of global `rows` (any order), read from the segment files, whose pages
+        are handed back afterwards: memory grows with `rows`, not with the pool."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self._docids is not None:
+            return self._docids.take(pa.array(rows))
+        ascending = len(rows) < 2 or bool(np.all(rows[1:] >= rows[:-1]))
+        order = None if ascending else np.argsort(rows, kind="stable")
+        sorted_rows = rows if order is None else rows[order]
+        parts = []
+        for s in self._segments:
+            lo, hi = np.searchsorted(sorted_rows, [s.ref.first_row, s.ref.first_row + s.ref.num_rows])
+            if hi > lo:
+                parts.append(s.docids_at(sorted_rows[lo:hi] - s.ref.first_row))
+        self._release_docid_pages()
+        got = pa.concat_arrays(parts) if len(parts) > 1 else parts[0] if parts else pa.array([], pa.string())
+        if order is None:
+            return got
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return got.take(pa.array(inverse))
+
+    def _release_docid_pages(self) -> None:
+        for s in self._segments:
+            s.release_docid_pages()
 
     def postings(self, neuron_type: str = DEFAULT_NEURON_TYPE):
         """FAISS inverted lists over all segments: list id = layer * width + neuron, ids = global rows."""
@@ -406,7 +453,7 @@ class IndexSnapshot:
         newer = self._newer(error)
         if not len(unique):
             return newer.take(unique, columns)
-        ids = self.docids().take(pa.array(unique))
+        ids = self.docids_at(unique)
         live_ids, live_rows = newer._live_docids()
         pos = pc.index_in(ids, value_set=live_ids)
         if pos.null_count:

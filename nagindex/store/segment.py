@@ -14,6 +14,7 @@ counts once the manifest lists it.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import shutil
 from pathlib import Path
@@ -161,8 +162,10 @@ class Segment:
                 for t in spec.neuron_types
             }
             self.token_num = np.memmap(token_num_path(self.dir), dtype=np.int64, mode="r", shape=(n,))
-            source = pa.memory_map(str(docids_path(self.dir)))
-            self.docids = pa.ipc.open_file(source).read_all().column(DOCID).combine_chunks()
+            # the record batches stay in the mapped file (a query reads only the docids
+            # it needs); our own mapping, so that `release_docid_pages` can hand pages back
+            self._docid_map = _map_file(docids_path(self.dir))
+            self.docid_chunks = pa.ipc.open_file(pa.py_buffer(self._docid_map)).read_all().column(DOCID)
             # opened now, not on first use, so that a snapshot never depends on
             # files a later compaction may remove
             self.posting_lists_by_type = {
@@ -172,8 +175,29 @@ class Segment:
             self._faiss_postings: dict = {}
         except (KeyError, ValueError, json.JSONDecodeError) as e:
             raise OSError(f"segment {self.dir} is damaged: {e}") from None
-        if len(self.docids) != n:
-            raise OSError(f"segment {self.dir} is damaged: {len(self.docids)} docids for {n} rows")
+        if len(self.docid_chunks) != n:
+            raise OSError(f"segment {self.dir} is damaged: {len(self.docid_chunks)} docids for {n} rows")
+
+    def docids_at(self, rows: np.ndarray) -> pa.StringArray:
+        """docids at ascending segment-local `rows`, read chunk by chunk (arrow's take on
+        a chunked array joins every chunk first: a copy of the whole segment's docids)."""
+        chunks = self.docid_chunks.chunks
+        starts = np.cumsum([0] + [len(c) for c in chunks])
+        bounds = np.searchsorted(rows, starts)
+        parts = [chunk.take(pa.array(rows[bounds[k] : bounds[k + 1]] - starts[k]))
+                 for k, chunk in enumerate(chunks) if bounds[k + 1] > bounds[k]]
+        if not parts:
+            return pa.array([], pa.string())
+        return parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
+
+    def release_docid_pages(self) -> None:
+        """Hand the docid file's pages back to the OS page cache: they no longer count
+        in this process's resident memory (the data stays readable; it maps again on use)."""
+        if hasattr(self._docid_map, "madvise"):
+            try:
+                self._docid_map.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):
+                pass
 
     def postings(self, neuron_type: str):
         """The lists as FAISS `InvertedLists` (imports faiss on first use)."""
@@ -189,6 +213,14 @@ class Segment:
         return self.posting_lists_by_type[neuron_type]
 
 
+def _map_file(path: Path):
+    """A read-only mapping of a whole file (a bytes object for an empty one: mmap refuses those)."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return b""
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
 def gather_rows(segments, rows: np.ndarray, feature_length: int) -> np.ndarray:
     """Feature rows at sorted global `rows`, gathered from (first row, matrix) segments."""
     out = np.empty((len(rows), feature_length), dtype=np.uint16)
@@ -197,3 +229,60 @@ def gather_rows(segments, rows: np.ndarray, feature_length: int) -> np.ndarray:
         if hi > lo:
             out[lo:hi] = matrix[rows[lo:hi] - first]
     return out
+
+
+def _whole_file_map(matrix) -> str | None:
+    """The file behind `matrix` when it maps a whole file from offset 0."""
+    if not isinstance(matrix, np.memmap) or not getattr(matrix, "filename", None):
+        return None
+    if matrix.offset != 0 or not matrix.flags.c_contiguous:
+        return None
+    try:
+        if os.path.getsize(matrix.filename) != matrix.nbytes:
+            return None
+    except OSError:
+        return None
+    return matrix.filename
+
+
+def iter_blocks(matrix: np.ndarray, block_rows: int):
+    """(first row, block) over a segment's memory-mapped matrix or vector,
+    without holding the pool in this process's resident memory: a memory-
+    mapped file is read in place and each block's pages are handed back
+    (MADV_DONTNEED, they stay in the OS page cache) once the caller is done
+    with it, or, where that is not possible, read into one reused buffer.
+    Peak RSS does not grow with the pool."""
+    n = len(matrix)
+    row_bytes = matrix.itemsize * int(np.prod(matrix.shape[1:], dtype=np.int64))
+    mm = getattr(matrix, "_mmap", None)
+    if _whole_file_map(matrix) is not None and mm is not None and hasattr(mm, "madvise"):
+        import mmap
+
+        page = mmap.PAGESIZE
+        for start in range(0, n, block_rows):
+            stop = min(start + block_rows, n)
+            yield start, matrix[start:stop]
+            lo = (start * row_bytes) // page * page
+            hi = stop * row_bytes
+            try:
+                mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            except (OSError, ValueError):
+                pass
+        return
+    path = _whole_file_map(matrix)
+    if path is None:
+        for start in range(0, n, block_rows):
+            yield start, np.ascontiguousarray(matrix[start : start + block_rows])
+        return
+    buf = np.empty((min(block_rows, n), *matrix.shape[1:]), dtype=matrix.dtype)
+    with open(path, "rb", buffering=0) as f:
+        for start in range(0, n, block_rows):
+            rows = min(block_rows, n - start)
+            view = buf[:rows]
+            f.seek(start * row_bytes)
+            got = f.readinto(memoryview(view).cast("B"))
+            if got != rows * row_bytes:
+                raise NagError(f"{path} is shorter than the index says (truncated?)")
+            yield start, view
+
+

@@ -55,11 +55,27 @@ class MemoryIndex:
         n = self.num_rows
         return [(s, self._features[s : s + self._segment_rows]) for s in range(0, n, self._segment_rows)]
 
+    @property
+    def num_documents(self):
+        return self.num_rows if self._live is None else int(self._live.sum())
+
     def token_num(self):
         return self._payload.column("token_num").to_numpy().astype(np.int64)
 
+    def token_blocks(self):
+        tokens = self.token_num()
+        for s in range(0, len(tokens), self._segment_rows):
+            yield s, tokens[s : s + self._segment_rows]
+
+    def live_tokens(self):
+        tokens = self.token_num()
+        return int(tokens.sum() if self._live is None else tokens[self._live].sum())
+
     def docids(self):
         return self._payload.column("docid").combine_chunks()
+
+    def docids_at(self, rows):
+        return self.docids().take(pa.array(np.asarray(rows, dtype=np.int64)))
 
     def postings(self, neuron_type="fwd_up"):
         L, K, W = self.spec.num_layers, self.spec.top_k, self.spec.width(neuron_type)

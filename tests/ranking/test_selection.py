@@ -115,3 +115,82 @@ def test_large_pool_counting_cut_matches_the_reference(fraction, score_range):
     docids = [f"d{x}" for x in rng.permutation(n)]
     got = selection.budget_selection(-np.array(scores, dtype=np.int64), np.array(tokens), pa.array(docids), fraction)
     assert got.tolist() == reference_selection(scores, docids, tokens, fraction=fraction)
+
+
+def _blocks(tokens, block_rows):
+    tokens = np.asarray(tokens, dtype=np.int64)
+    return lambda: ((s, tokens[s : s + block_rows]) for s in range(0, len(tokens), block_rows))
+
+
+@settings(max_examples=300, deadline=None)
+@given(pools(), st.data())
+def test_pool_cut_holds_the_selection_of_the_live_rows(pool, data):
+    docids, scores, tokens, fraction = pool
+    n = len(docids)
+    live = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    live[data.draw(st.integers(0, n - 1))] = True  # at least one live row
+    top = data.draw(st.none() | st.integers(1, 70))
+    block_rows = data.draw(st.integers(1, 64))
+    mask = None if live.all() else live
+    live_rows = np.flatnonzero(live)
+    total = int(np.asarray(tokens)[live_rows].sum())
+    budget = None if top is not None else selection.token_budget(total, fraction)
+    rows, kept_scores, kept_tokens = selection.pool_leading_rows(
+        np.array(scores, dtype=np.int64), _blocks(tokens, block_rows), live=mask, budget=budget, top=top)
+    assert np.all(np.diff(rows) > 0) and live[rows].all()
+    assert kept_scores.tolist() == [scores[r] for r in rows] and kept_tokens.tolist() == [tokens[r] for r in rows]
+    expected = reference_selection(scores, docids, tokens, live_rows.tolist(), fraction=fraction, top=top)
+    ids = pa.array([docids[r] for r in rows])
+    if top is not None:
+        picked = selection.top_selection(-kept_scores, ids, top)
+    else:
+        picked = selection.budget_selection(-kept_scores, kept_tokens, ids, fraction, total_tokens=total)
+    assert rows[picked].tolist() == expected
+
+
+@pytest.mark.parametrize("score_range", [300, 10**12])
+def test_pool_cut_keeps_little_more_than_the_selection(score_range):
+    # a cut that kept every row would still be exact: check that it really cuts, in blocks
+    rng = np.random.default_rng(9)
+    n = 50_000
+    scores = rng.integers(0, score_range, n)
+    tokens = rng.integers(0, 50, n)
+    live = rng.random(n) > 0.1
+    total = int(tokens[live].sum())
+    budget = selection.token_budget(total, 0.05)
+    rows, _, _ = selection.pool_leading_rows(scores, _blocks(tokens, 4096), live=live, budget=budget)
+    order = np.flatnonzero(live)[np.argsort(-scores[live], kind="stable")]
+    answer = int(np.searchsorted(np.cumsum(tokens[order]), budget, side="right"))
+    assert answer <= len(rows) <= answer + n // 100
+    rows, _, _ = selection.pool_leading_rows(scores, _blocks(tokens, 4096), live=live, top=500)
+    assert 500 <= len(rows) <= 500 + n // 100
+
+
+@pytest.mark.parametrize("top", [None, 700])
+def test_chunked_ordering_reads_docids_only_where_ties_decide(monkeypatch, top):
+    # chunks of 5 rows, each extended through its last tie group, give the reference order
+    monkeypatch.setattr(selection, "ORDER_CHUNK_ROWS", 5)
+    rng = np.random.default_rng(3)
+    n = 3000
+    scores = rng.integers(0, 400, n).tolist()
+    tokens = rng.integers(0, 30, n).tolist()
+    docids = [f"d{x}" for x in rng.permutation(n)]
+    reads = []
+
+    def docids_of(positions):
+        reads.append(len(positions))
+        return pa.array([docids[p] for p in positions])
+
+    keys = -np.array(scores, dtype=np.int64)
+    if top is None:
+        got = selection.budget_selection(keys, np.array(tokens), docids_of, 0.3)
+    else:
+        got = selection.top_selection(keys, docids_of, top)
+    assert got.tolist() == reference_selection(scores, docids, tokens, fraction=0.3, top=top)
+    assert reads and max(reads) < 60  # one chunk at a time (5 rows plus a tie group)
+    # distinct scores: no tie to break, so no docid is read at all
+    reads.clear()
+    distinct = -rng.permutation(n).astype(np.int64)
+    selection.budget_selection(distinct, np.array(tokens), docids_of, 0.3)
+    selection.top_selection(distinct, docids_of, 700)
+    assert reads == []
