@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "nagindex"
 
 LAYERS = {
     "nagindex.errors": 0, "nagindex.schemas": 0, "nagindex.atomic": 0, "nagindex.io": 0,
-    "nagindex.sources": 0, "nagindex.progress": 0,
+    "nagindex.sources": 0, "nagindex.progress": 0, "nagindex.heap": 0,
     "nagindex.extraction": 1,
     "nagindex.store": 2,
     "nagindex.ranking": 3,

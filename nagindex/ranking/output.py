@@ -43,9 +43,10 @@ def payload_columns(index, with_text: bool) -> list[str]:
 
 
 def output_batches(index, selection: Selection, *, with_text: bool,
-                   batch_rows: int = OUTPUT_BATCH_ROWS) -> Iterator[pa.Table]:
-    """The output table of `selection` in batches of `batch_rows` rows, all of one
-    schema (one empty batch for an empty selection)."""
+                   batch_rows: int | None = None) -> Iterator[pa.Table]:
+    """The output table of `selection` in batches of `batch_rows` rows (default
+    `OUTPUT_BATCH_ROWS`), all of one schema (one empty batch for an empty selection)."""
+    batch_rows = batch_rows or OUTPUT_BATCH_ROWS
     columns = payload_columns(index, with_text)
     names = pa.array(list(selection.target_names), pa.string())
     for lo in range(0, max(len(selection), 1), batch_rows):

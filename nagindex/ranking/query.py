@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from nagindex.errors import NagError
+from nagindex.heap import release_free_heap
 from nagindex.ranking import embedding as emb
 from nagindex.ranking import output, scoring, selection
 from nagindex.ranking.options import ScoringOptions
@@ -216,18 +217,21 @@ def run_query(
         found = candidate_step(index, profiles, neuron_type, request)
         nag = [(f.candidates.rows, f.candidates.scores, f.candidates.tokens) for f in found]
         plans = [f.plan for f in found]
+        del found
+        release_free_heap()  # the scan's temporaries: gone before the selection starts
     else:
         nag = [None] * len(loaded)
         plans = [Plan(t.name, "embedding", "the embedding alone scores every row") for t in loaded]
     live = request.live if mode != "nag" else None  # the embedding scores every live row
     pool_vectors = index.embeddings(live) if mode != "nag" else None
-    scored = [ranked_scores(index, live, nag[i], loaded[i], pool_vectors, opts, mode) for i in range(len(loaded))]
-
-    picks = [
-        select_one(index, scored[i], profiles[i], request, i, quality_col=quality_col,
-                   invert_quality=invert_quality)
-        for i in range(len(loaded))
-    ]
+    picks = []
+    for i in range(len(loaded)):
+        scored = ranked_scores(index, live, nag[i], loaded[i], pool_vectors, opts, mode)
+        nag[i] = None  # a target's candidates are not needed past its selection
+        picks.append(select_one(index, scored, profiles[i], request, i, quality_col=quality_col,
+                                invert_quality=invert_quality))
+        del scored
+    release_free_heap()
     chosen = mixture(index, picks, [t.name for t in loaded], dedupe=dedupe, name_targets=each or len(picks) > 1,
                      quality=quality_col is not None)
     summary = {
@@ -445,16 +449,19 @@ def select_one(index, scored: Scored, profile: scoring.Profile | None, request: 
 def mixture(index, picks: Sequence[Pick], names: Sequence[str], *, dedupe: bool, quality: bool,
             name_targets: bool | None = None) -> output.Selection:
     """The selections of every target, concatenated (SPEC 4 mixture): the output's rows."""
-    keep = selection.mixture_positions([p.rows for p in picks], index.docids() if dedupe else None, dedupe=dedupe)
+    keep = selection.mixture_positions([p.rows for p in picks], index.docids(), dedupe=True) if dedupe else None
 
     def joined(attr: str) -> np.ndarray:
-        return np.concatenate([getattr(p, attr) for p in picks])[keep]
+        values = [getattr(p, attr) for p in picks]
+        values = values[0] if len(values) == 1 else np.concatenate(values)
+        return values if keep is None else values[keep]
 
     if name_targets is None:
         name_targets = len(picks) > 1
     target = None
     if name_targets and picks:
-        target = np.concatenate([np.full(len(p.rows), i, dtype=np.int32) for i, p in enumerate(picks)])[keep]
+        target = np.concatenate([np.full(len(p.rows), i, dtype=np.int32) for i, p in enumerate(picks)])
+        target = target if keep is None else target[keep]
     extra = {}
     for col, attr in (("embedding_similarity", "embedding"), ("fusion_score", "fused")):
         if picks and all(getattr(p, attr) is not None for p in picks):

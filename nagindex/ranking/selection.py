@@ -89,19 +89,19 @@ def docid_reader(docids):
 ORDER_CHUNK_ROWS = 65_536
 
 
-def _order_prefix(keys: np.ndarray, docids, end: int, coarse: np.ndarray) -> np.ndarray:
+def _order_prefix(sorted_keys: np.ndarray, docids, end: int, coarse: np.ndarray) -> np.ndarray:
     """Exact order of the first `end` positions of `coarse` (a stable sort by
-    key alone), where `end` is a tie-group boundary: chunk by chunk, each
-    through the end of its last tie group, so that only one chunk's docids
-    are read at a time, and none for a chunk without ties."""
+    key alone, `sorted_keys` the keys in that order), where `end` is a
+    tie-group boundary: chunk by chunk, each through the end of its last tie
+    group, so that only one chunk's docids are read at a time, and none for a
+    chunk without ties. Reorders `coarse[:end]` in place and returns it."""
     docids_of = docid_reader(docids)
-    order = np.array(coarse[:end], dtype=np.int64)
-    sorted_keys = keys[order]
+    order = coarse[:end]
     start = 0
     while start < end:
         stop = min(start + ORDER_CHUNK_ROWS, end)
         if stop < end:
-            stop = int(np.searchsorted(sorted_keys, sorted_keys[stop - 1], side="right"))
+            stop = int(np.searchsorted(sorted_keys[:end], sorted_keys[stop - 1], side="right"))
         part = order[start:stop]
         chunk_keys = sorted_keys[start:stop]
         if len(part) > 1 and bool(np.any(chunk_keys[1:] == chunk_keys[:-1])):
@@ -128,7 +128,7 @@ def budget_selection(
     total = int(tokens.sum()) if total_tokens is None else int(total_tokens)
     budget = token_budget(total, fraction)
     lead = _leading_rows(keys, tokens, budget)
-    if lead is not None and len(lead) < n:
+    if lead is not None and len(lead) < n // 2:  # else its copies would cost more than they save
         docids_of = docid_reader(docids)
         return lead[budget_selection(keys[lead], tokens[lead], lambda pos: docids_of(lead[pos]), fraction,
                                      total_tokens=total)]
@@ -136,10 +136,10 @@ def budget_selection(
     sorted_keys = keys[coarse]
     cut = int(np.searchsorted(np.cumsum(tokens[coarse]), budget, side="right"))
     end = n if cut >= n else int(np.searchsorted(sorted_keys, sorted_keys[cut], side="right"))
-    exact = _order_prefix(keys, docids, end, coarse)
+    exact = _order_prefix(sorted_keys, docids, end, coarse)
+    del sorted_keys
     kept = int(np.searchsorted(np.cumsum(tokens[exact]), budget, side="right"))
-    return exact[: max(kept, 1)]
-
+    return exact[: max(kept, 1)].copy()  # not a view that keeps all of `coarse`
 
 
 def _leading_rows(keys: np.ndarray, tokens: np.ndarray, budget: int) -> np.ndarray | None:
@@ -240,9 +240,9 @@ def top_selection(keys: np.ndarray, docids, top: int) -> np.ndarray:
     kth = np.partition(keys, n_keep - 1)[n_keep - 1]
     cand = np.flatnonzero(keys <= kth)
     cand_keys = keys[cand]
+    coarse = np.argsort(cand_keys, kind="stable")
     docids_of = docid_reader(docids)
-    order = _order_prefix(cand_keys, lambda pos: docids_of(cand[pos]), len(cand),
-                          np.argsort(cand_keys, kind="stable"))
+    order = _order_prefix(cand_keys[coarse], lambda pos: docids_of(cand[pos]), len(cand), coarse)
     return cand[order[:n_keep]]
 
 

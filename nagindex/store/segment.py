@@ -180,15 +180,37 @@ class Segment:
 
     def docids_at(self, rows: np.ndarray) -> pa.StringArray:
         """docids at ascending segment-local `rows`, read chunk by chunk (arrow's take on
-        a chunked array joins every chunk first: a copy of the whole segment's docids)."""
+        a chunked array joins every chunk first: a copy of the whole segment's docids);
+        each chunk's pages are handed back once read, so scattered rows never hold the
+        whole file in this process's resident memory."""
         chunks = self.docid_chunks.chunks
         starts = np.cumsum([0] + [len(c) for c in chunks])
         bounds = np.searchsorted(rows, starts)
-        parts = [chunk.take(pa.array(rows[bounds[k] : bounds[k + 1]] - starts[k]))
-                 for k, chunk in enumerate(chunks) if bounds[k + 1] > bounds[k]]
+        parts = []
+        for k, chunk in enumerate(chunks):
+            if bounds[k + 1] > bounds[k]:
+                parts.append(chunk.take(pa.array(rows[bounds[k] : bounds[k + 1]] - starts[k])))
+                self._release_pages(chunk)
         if not parts:
             return pa.array([], pa.string())
         return parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
+
+    def _release_pages(self, chunk: pa.Array) -> None:
+        """Hand the pages of one mapped chunk back to the OS page cache (the data stays
+        readable: it maps again on use)."""
+        if not hasattr(self._docid_map, "madvise"):
+            return
+        base = pa.py_buffer(self._docid_map).address
+        spans = [(b.address - base, b.address - base + b.size) for b in chunk.buffers() if b is not None and b.size]
+        if not spans:
+            return
+        lo = min(a for a, _ in spans) // mmap.PAGESIZE * mmap.PAGESIZE
+        hi = max(b for _, b in spans)
+        if 0 <= lo < hi <= len(self._docid_map):
+            try:
+                self._docid_map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            except (OSError, ValueError):
+                pass
 
     def release_docid_pages(self) -> None:
         """Hand the docid file's pages back to the OS page cache: they no longer count

@@ -339,6 +339,38 @@ def test_output_columns_and_text(pool_index):
     assert s["selected_docs"] == 5 and sum(s["datasets"].values()) == 5
 
 
+def test_output_is_written_batch_by_batch_and_atomically(pool_index, tmp_path, monkeypatch):
+    from nagindex.ranking import output
+
+    index, rng = pool_index
+    t1, t2 = random_features(rng, 4, 3, 3, 12), random_features(rng, 4, 3, 3, 12)
+    monkeypatch.setattr(output, "OUTPUT_BATCH_ROWS", 7)
+    res = paper_query(index, [t1, t2], fraction=0.6)
+    path = tmp_path / "sel.parquet"
+    res.write_parquet(path)
+    written = pq.read_table(path)
+    assert written.num_rows > 14 and pq.ParquetFile(path).num_row_groups == -(-written.num_rows // 7)
+    assert written.equals(res.table)
+    # the summary counts the datasets as the batches went by, and the same from the table
+    fresh = paper_query(index, [t1, t2], fraction=0.6)
+    expected = Counter(res.table.column("dataset").to_pylist())
+    assert res.summary["datasets"] == fresh.summary["datasets"] == dict(expected)
+    # a failure after some batches leaves the old file whole and no temporary behind
+    calls = []
+    real = output._batch
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return real(*args)
+
+    monkeypatch.setattr(output, "_batch", failing)
+    with pytest.raises(OSError):
+        fresh.write_parquet(path)
+    assert pq.read_table(path).equals(written) and sorted(p.name for p in tmp_path.iterdir()) == ["sel.parquet"]
+
+
 def test_layer_subset_applies_to_target_and_pool(pool_index):
     index, rng = pool_index
     target = random_features(rng, 4, 3, 3, 12)
