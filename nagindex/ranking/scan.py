@@ -16,22 +16,25 @@ SCAN_BLOCK_ROWS = 65536
 
 def pool_neuron_counts(index, neuron_type: str, live_mask: np.ndarray | None, slots: int | None = None) -> np.ndarray:
     """(L, width) number of live documents (`live_mask`, None: every row) whose NAG
-    holds each neuron: the posting-list sizes, less the replaced rows' entries (so
-    the answer does not change when `compact` drops them). With `slots` below the
-    index's K (the NAG at a smaller K), or without lists, the forward index is read."""
+    holds each neuron: the counts the segments keep (or the posting-list sizes),
+    less the replaced rows' entries (so the answer does not change when `compact`
+    drops them). With `slots` below the index's K (the NAG at a smaller K), or an
+    index that keeps neither, the forward index is read."""
     spec = index.spec
     width = spec.width(neuron_type)
     if slots is not None and slots != spec.top_k:
         return _slot_counts(index, neuron_type, live_mask, slots)
-    if not getattr(index, "has_postings", True):  # built without --postings: count from the forward index
+    stored = getattr(index, "neuron_counts", None)
+    counts = stored(neuron_type) if stored is not None else None
+    if counts is None and getattr(index, "has_postings", True):
+        counts = index.posting_lists(neuron_type).sizes().reshape(spec.num_layers, width)
+    if counts is None:
         return _slot_counts(index, neuron_type, live_mask, spec.top_k)
-    sizes = index.posting_lists(neuron_type).sizes()
     if live_mask is not None and not live_mask.all():
         dead = np.flatnonzero(~live_mask).astype(np.int64)
-        sizes -= scoring.layer_counts(
-            read_rows(index, neuron_type, dead), num_layers=spec.num_layers, top_k=spec.top_k, width=width
-        ).ravel()
-    return sizes.reshape(spec.num_layers, width)
+        counts = counts - scoring.layer_counts(read_rows(index, neuron_type, dead), num_layers=spec.num_layers,
+                                               top_k=spec.top_k, width=width)
+    return counts
 
 
 def _slot_counts(index, neuron_type: str, live_mask: np.ndarray | None, slots: int) -> np.ndarray:

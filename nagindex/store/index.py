@@ -317,6 +317,18 @@ class IndexSnapshot:
         for s in self._segments:
             s.release_docid_pages()
 
+    def neuron_counts(self, neuron_type: str = DEFAULT_NEURON_TYPE) -> np.ndarray | None:
+        """(L, width) int64: rows (replaced ones included) whose NAG holds each neuron,
+        summed over the segments' stored counts; None where a segment predates them."""
+        spec = self.spec
+        total = np.zeros(spec.num_layers * spec.width(neuron_type), dtype=np.int64)
+        for s in self._segments:
+            counts = s.neuron_counts[neuron_type]
+            if counts is None:
+                return None
+            total += counts
+        return total.reshape(spec.num_layers, spec.width(neuron_type))
+
     def postings(self, neuron_type: str = DEFAULT_NEURON_TYPE):
         """FAISS inverted lists over all segments: list id = layer * width + neuron, ids = global rows."""
 

@@ -4,6 +4,9 @@ A segment directory holds, for rows [first_row, first_row + n):
   features.<type>.u16          (n, L*K) uint16, row-major: what a scan reads
   token_num.i64                (n,) int64, 0 where the pool had no count
   docids.arrow                 Arrow IPC file, one string column `docid`
+  neuron_counts.<type>.i64     (L*width,) int64: documents whose NAG holds each
+                               (layer, neuron), the document frequencies that
+                               the idf and contrast weightings read
   postings.<type>.*            inverted lists (see `postings`)
   segment.json                 row range and shape, written last
 A segment is written under a temporary name and renamed into place when
@@ -35,6 +38,20 @@ TMP_PREFIX = ".tmp-"
 
 def features_path(segment_dir: Path, neuron_type: str) -> Path:
     return Path(segment_dir) / f"features.{neuron_type}.u16"
+
+
+def neuron_counts_path(segment_dir: Path, neuron_type: str) -> Path:
+    return Path(segment_dir) / f"neuron_counts.{neuron_type}.i64"
+
+
+def neuron_counts(features: np.ndarray, num_layers: int, top_k: int, width: int) -> np.ndarray:
+    """(L*width,) int64: how many of the rows hold each (layer, neuron) among their K
+    (a NAG's K neurons of a layer are distinct), one layer at a time."""
+    counts = np.zeros(num_layers * width, dtype=np.int64)
+    for layer in range(num_layers):
+        ids = np.asarray(features[:, layer * top_k : (layer + 1) * top_k]).ravel()
+        counts[layer * width : (layer + 1) * width] = np.bincount(ids, minlength=width)[:width]
+    return counts
 
 
 def token_num_path(segment_dir: Path) -> Path:
@@ -91,12 +108,14 @@ class SegmentWriter:
         }
         self._tokens = open(token_num_path(self.tmp), "wb")
         self._docids = pa.ipc.new_file(str(docids_path(self.tmp)), _DOCID_SCHEMA)
+        self._neuron_counts = {t: np.zeros(spec.num_layers * spec.width(t), dtype=np.int64) for t in spec.neuron_types}
 
     def add(self, docids: pa.Array, token_num: np.ndarray, features: dict[str, np.ndarray]) -> None:
         n = len(docids)
         k = self.spec.top_k
         for t in self.spec.neuron_types:
             _write_array(self._features[t], features[t])
+            self._neuron_counts[t] += neuron_counts(features[t], self.spec.num_layers, k, self.spec.width(t))
             for layer in range(self.spec.num_layers if self.postings else 0):
                 _write_array(self._layers[t, layer], features[t][:, layer * k : (layer + 1) * k])
         _write_array(self._tokens, np.asarray(token_num, dtype=np.int64))
@@ -122,6 +141,11 @@ class SegmentWriter:
                 _read_and_remove(_layer_path(self.tmp, t, layer), (self.num_rows, spec.top_k)) for layer in range(spec.num_layers)
             )
             _postings.write_postings(self.tmp, t, blocks, spec.width(t), self.first_row)
+        for t in spec.neuron_types:
+            with open(neuron_counts_path(self.tmp, t), "wb") as f:
+                _write_array(f, self._neuron_counts[t])
+                f.flush()
+                os.fsync(f.fileno())
         meta = {"first_row": self.first_row, "num_rows": self.num_rows, "feature_length": spec.feature_length, "neuron_types": list(spec.neuron_types)}
         with open(self.tmp / SEGMENT_META, "w") as f:
             json.dump(meta, f)
@@ -162,6 +186,9 @@ class Segment:
                 for t in spec.neuron_types
             }
             self.token_num = np.memmap(token_num_path(self.dir), dtype=np.int64, mode="r", shape=(n,))
+            # None in segments written before the counts were kept
+            self.neuron_counts = {t: _read_counts(neuron_counts_path(self.dir, t), spec.num_layers * spec.width(t))
+                                  for t in spec.neuron_types}
             # the record batches stay in the mapped file (a query reads only the docids
             # it needs); our own mapping, so that `release_docid_pages` can hand pages back
             self._docid_map = _map_file(docids_path(self.dir))
@@ -233,6 +260,15 @@ class Segment:
         if neuron_type not in self.posting_lists_by_type:
             raise NagError(f"segment {self.dir} has no inverted lists (the index was built without --postings)")
         return self.posting_lists_by_type[neuron_type]
+
+
+def _read_counts(path: Path, length: int) -> np.ndarray | None:
+    if not path.exists():
+        return None
+    counts = np.fromfile(path, dtype=np.int64)
+    if len(counts) != length or (counts < 0).any():
+        raise OSError(f"{path} is damaged: {len(counts)} neuron counts, expected {length} non-negative")
+    return counts
 
 
 def _map_file(path: Path):

@@ -539,3 +539,42 @@ def test_an_index_without_postings_scans_and_answers_the_same(tmp_path):
     b = Index.open(tmp_path / "b")
     b.compact()
     assert not list((tmp_path / "b").rglob("postings.*")) and Index.open(tmp_path / "b").num_documents == n + 1
+
+
+@pytest.mark.parametrize("postings", [False, True])
+def test_segments_keep_the_pool_neuron_counts(tmp_path, postings, monkeypatch):
+    # the document frequencies idf and contrast read come from the segments' stored
+    # counts, less the replaced rows, equal to counting the live forward index; an
+    # index whose segments predate the counts falls back to the lists or the scan
+    from nagindex.ranking import scan
+    from nagindex.ranking.scoring import layer_counts
+
+    rng = np.random.default_rng(8)
+    index = Index.create(tmp_path / "idx", make_spec(), postings=postings)
+    index.segment_rows, index.batch_rows = 7, 5
+    index.append(documents=docs_table([f"d{i}" for i in range(20)]), feature_arrays={"fwd_up": random_features(rng, 20)},
+                 progress=False)
+    index.append(documents=docs_table(["d3", "d9", "n1"]), feature_arrays={"fwd_up": random_features(rng, 3)},
+                 replace=True, progress=False)
+    index = Index.open(tmp_path / "idx")
+    live = index.live_mask()
+    assert live is not None and live.sum() == 21
+    want = layer_counts(index.features("fwd_up")[live], num_layers=L, top_k=K, width=W)
+    assert index.neuron_counts("fwd_up").sum() == index.num_rows * L * K
+    np.testing.assert_array_equal(scan.pool_neuron_counts(index, "fwd_up", live), want)
+    reads = []
+    monkeypatch.setattr(scan, "_slot_counts", lambda *a: reads.append(a) or want)
+    scan.pool_neuron_counts(index, "fwd_up", live)
+    assert reads == []  # the stored counts answered, no scan
+    for s in index._segments:
+        s.neuron_counts["fwd_up"] = None  # as written before the counts were kept
+    assert index.neuron_counts("fwd_up") is None
+    np.testing.assert_array_equal(scan.pool_neuron_counts(index, "fwd_up", live), want)
+    assert len(reads) == (0 if postings else 1)
+    monkeypatch.undo()
+    index.compact()
+    after = Index.open(tmp_path / "idx")
+    assert after.live_mask() is None
+    np.testing.assert_array_equal(after.neuron_counts("fwd_up"), want)
+    assert sorted(p.name for p in (tmp_path / "idx" / "segments").rglob("neuron_counts.*")) == \
+        ["neuron_counts.fwd_up.i64"] * len(after.manifest.segments)
