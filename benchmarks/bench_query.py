@@ -407,6 +407,9 @@ def each_figures(args, work, idx) -> None:
 
 
 def rss_figures(args, work, rss_sizes, idx, target_path) -> None:
+    """Peak RSS of `nag query` at each pool size, with the SPEC scores (--preset paper)
+    and with the default scoring, and how much the largest pool adds to the smallest."""
+    peaks: dict[str, list[float]] = {"paper": [], "default": []}
     for n in rss_sizes:
         if n == args.n and idx is not None:
             rss_idx = idx
@@ -414,12 +417,18 @@ def rss_figures(args, work, rss_sizes, idx, target_path) -> None:
             print(f"building a {n:,}-doc index for (d)")
             rss_idx, *_ = build_index(work, n, args.seed, args.zipf, str(n))
         out = work / f"rss-{n}.parquet"
-        cmd = nag_cmd("query", rss_idx, "--preset", "paper", "--target-features", target_path, "--out", out, "--fraction", "0.2",
-                      "--no-progress")
-        rss, wall = peak_rss_mb(cmd)
-        print(f"(d) n={n:,}: nag query peak RSS {rss:.0f} MiB ({rss * 2**20 / n:.0f} B/doc), {wall:.2f} s wall")
+        for how, preset in (("paper", ["--preset", "paper"]), ("default", [])):
+            cmd = nag_cmd("query", rss_idx, *preset, "--target-features", target_path, "--out", out, "--fraction", "0.2",
+                          "--no-progress")
+            rss, wall = peak_rss_mb(cmd)
+            peaks[how].append(rss)
+            print(f"(d) n={n:,}, {how} scoring: nag query peak RSS {rss:.0f} MiB ({rss * 2**20 / n:.0f} B/doc), "
+                  f"{wall:.2f} s wall")
         if rss_idx != idx and args.workdir is None:  # a --workdir keeps its pools for the next run
             shutil.rmtree(rss_idx.parent, ignore_errors=True)
+    if len(rss_sizes) > 1:
+        growth = ", ".join(f"{k} {v[-1] / v[0] - 1:+.1%}" for k, v in peaks.items())
+        print(f"(d) peak RSS at {rss_sizes[-1]:,} vs {rss_sizes[0]:,} docs: {growth} (goal: within 10%)")
 
 
 if __name__ == "__main__":

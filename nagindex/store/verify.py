@@ -22,6 +22,7 @@ from nagindex.store import checksums
 from nagindex.store.index import LANCE_ERRORS, first_line, token_num_problem
 from nagindex.store.manifest import read_manifest
 from nagindex.store.postings import ids_path, offsets_path
+from nagindex.store.segment import neuron_counts
 
 # Rows read at once (bounded memory whatever the index size).
 CHECK_ROWS = 65_536
@@ -89,11 +90,19 @@ def _segment_problems(segment, spec, *, postings: bool) -> list[str]:
     for t in spec.neuron_types:
         width = spec.width(t)
         matrix = segment.features[t]
+        stored = segment.neuron_counts[t]
+        counted = None if stored is None else np.zeros_like(stored)
         for start in range(0, n, CHECK_ROWS):
-            high = int(np.asarray(matrix[start : start + CHECK_ROWS]).max(initial=0))
+            block = np.asarray(matrix[start : start + CHECK_ROWS])
+            high = int(block.max(initial=0))
             if high >= width:
                 problems.append(f"{rel}/features.{t}.u16 holds neuron id {high}, outside the layer width 0..{width - 1}")
+                counted = None
                 break
+            if counted is not None:
+                counted += neuron_counts(block, spec.num_layers, spec.top_k, width)
+        if counted is not None and not np.array_equal(counted, stored):
+            problems.append(f"{rel}/neuron_counts.{t}.i64 does not match the segment's features")
         if not postings:
             continue
         offsets = np.load(offsets_path(segment.dir, t), allow_pickle=False)

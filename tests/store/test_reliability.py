@@ -108,6 +108,15 @@ def test_opening_checks_sizes_and_check_verifies_hashes(tmp_path):
     report = index.check()
     assert report.ok, report.problems
     assert report.files_hashed == len(index.manifest.checksums) and report.rows_checked == N
+    counts = segment_file(idx, "neuron_counts.fwd_up.i64")
+    good = counts.read_bytes()
+    values = np.frombuffer(good, dtype=np.int64).copy()
+    values[[0, -1]] = values[[-1, 0]] + 1  # plausible counts that the features do not give
+    counts.write_bytes(values.tobytes())
+    problems = Index.open(idx).check().problems
+    assert any("neuron_counts.fwd_up.i64 does not match the segment's features" in p for p in problems)
+    assert any("neuron_counts.fwd_up.i64 does not match its checksum" in p for p in problems)
+    counts.write_bytes(good)
     feats = segment_file(idx, "features.fwd_up.u16")
     data = bytearray(feats.read_bytes())
     data[0] ^= 1  # same size, other content: found by check only
