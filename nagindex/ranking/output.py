@@ -1,10 +1,13 @@
 """A query's output: the selected rows with their values, made into the output table
-batch by batch (docids and payload read from the store for one batch at a time), so
-that writing a selection needs memory for one batch of it, not for all of it."""
+batch by batch, so that writing a selection needs memory for one batch of it, not
+for all of it: docids come from the store per batch, the payload is read from the
+store once in row order and staged in a temporary file beside the output."""
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -12,10 +15,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nagindex.atomic import atomic_path
+from nagindex.store.mapped import MappedArrow
 from nagindex.schemas import DATASET, DOCID, EMBEDDING, TEXT, TOKEN_NUM, feature_column
 
 # output rows made (and written) at a time
 OUTPUT_BATCH_ROWS = 65_536
+# selected rows read from the store per call when the payload is staged, in row order
+STAGE_ROWS = 65_536
 
 
 @dataclass
@@ -42,20 +48,48 @@ def payload_columns(index, with_text: bool) -> list[str]:
     return [c for c in index.columns() if c not in hidden]
 
 
-def output_batches(index, selection: Selection, *, with_text: bool,
-                   batch_rows: int | None = None) -> Iterator[pa.Table]:
+def output_batches(index, selection: Selection, *, with_text: bool, batch_rows: int | None = None,
+                   payload_of=None) -> Iterator[pa.Table]:
     """The output table of `selection` in batches of `batch_rows` rows (default
-    `OUTPUT_BATCH_ROWS`), all of one schema (one empty batch for an empty selection)."""
+    `OUTPUT_BATCH_ROWS`), all of one schema (one empty batch for an empty selection).
+    `payload_of(rows)` gives the payload columns of those rows (default: read from the store)."""
     batch_rows = batch_rows or OUTPUT_BATCH_ROWS
     columns = payload_columns(index, with_text)
+    if payload_of is None:
+        payload_of = lambda rows: index.take(rows, columns)  # noqa: E731
     names = pa.array(list(selection.target_names), pa.string())
     for lo in range(0, max(len(selection), 1), batch_rows):
-        yield _batch(index, selection, slice(lo, lo + batch_rows), columns, names)
+        yield _batch(index, selection, slice(lo, lo + batch_rows), payload_of, names)
 
 
-def _batch(index, sel: Selection, part: slice, payload_cols: list[str], names: pa.Array) -> pa.Table:
+class StagedPayload:
+    """The payload of the selected rows, read from the store once in row order into a
+    temporary Arrow file, then taken by position for each batch of the output.
+
+    Output batches come in rank order, so each one's rows lie all over the Lance
+    table, and Lance reads the pages a call touches again on every call; read in
+    row order, every page is read once, and the staged file is mapped and read
+    with its pages handed back (`store.mapped.MappedArrow`)."""
+
+    def __init__(self, index, rows: np.ndarray, columns: list[str], directory: Path):
+        self.rows = np.unique(np.asarray(rows, dtype=np.int64))
+        self._empty = index.take(self.rows[:0], columns)
+        path = Path(directory) / "payload.arrow"
+        with pa.OSFile(str(path), "wb") as sink:
+            with pa.ipc.new_file(sink, self._empty.schema) as writer:
+                for lo in range(0, len(self.rows), STAGE_ROWS):
+                    writer.write_table(index.take(self.rows[lo : lo + STAGE_ROWS], columns))
+        self._mapped = MappedArrow(path)
+
+    def take(self, rows: np.ndarray) -> pa.Table:
+        if not len(rows):
+            return self._empty
+        return self._mapped.take(np.searchsorted(self.rows, rows))
+
+
+def _batch(index, sel: Selection, part: slice, payload_of, names: pa.Array) -> pa.Table:
     rows = sel.rows[part]
-    payload = index.take(rows, payload_cols)
+    payload = payload_of(rows)
     distance = np.asarray(sel.distance[part], dtype=np.float64)
     cols: dict[str, pa.Array] = {
         DOCID: index.docids_at(rows),
@@ -77,28 +111,35 @@ def _batch(index, sel: Selection, part: slice, payload_cols: list[str], names: p
 
 
 def output_table(index, selection: Selection, *, with_text: bool) -> pa.Table:
-    """The whole output table."""
-    batches = list(output_batches(index, selection, with_text=with_text))
-    return batches[0] if len(batches) == 1 else pa.concat_tables(batches)
+    """The whole output table (one read of the store)."""
+    return next(output_batches(index, selection, with_text=with_text, batch_rows=max(len(selection), 1)))
 
 
 def write_parquet(index, selection: Selection, path, *, with_text: bool) -> dict[str, int]:
     """Write the output table to the parquet file `path` batch by batch (readers see the
-    old file or the whole new one); returns the selected rows per dataset."""
-    counts: dict[str, int] = {}
-    writer = None
-    with atomic_path(path) as tmp:
-        import pyarrow.parquet as pq
+    old file or the whole new one); with the text and more than one batch, the
+    payload is staged beside it meanwhile (`StagedPayload`). Returns the selected
+    rows per dataset."""
+    import pyarrow.parquet as pq
 
-        try:
-            for batch in output_batches(index, selection, with_text=with_text):
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, batch.schema)
-                writer.write_table(batch)
-                add_dataset_counts(counts, batch.column(DATASET))
-        finally:
-            if writer is not None:
-                writer.close()
+    counts: dict[str, int] = {}
+    with atomic_path(path) as tmp:
+        with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".{Path(path).name}.stage-") as stage:
+            payload_of = None
+            if with_text and len(selection) > OUTPUT_BATCH_ROWS:
+                # the text is most of what Lance reads: read each page of it once
+                staged = StagedPayload(index, selection.rows, payload_columns(index, with_text), Path(stage))
+                payload_of = staged.take
+            writer = None
+            try:
+                for batch in output_batches(index, selection, with_text=with_text, payload_of=payload_of):
+                    if writer is None:
+                        writer = pq.ParquetWriter(tmp, batch.schema)
+                    writer.write_table(batch)
+                    add_dataset_counts(counts, batch.column(DATASET))
+            finally:
+                if writer is not None:
+                    writer.close()
     return counts
 
 

@@ -17,7 +17,6 @@ counts once the manifest lists it.
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import shutil
 from pathlib import Path
@@ -30,6 +29,7 @@ from nagindex.store import postings as _postings
 from nagindex.atomic import fsync_dir
 from nagindex.errors import NagError
 from nagindex.store.manifest import SegmentRef
+from nagindex.store.mapped import MappedArrow
 from nagindex.schemas import DOCID, FeatureSpec
 
 SEGMENT_META = "segment.json"
@@ -189,10 +189,9 @@ class Segment:
             # None in segments written before the counts were kept
             self.neuron_counts = {t: _read_counts(neuron_counts_path(self.dir, t), spec.num_layers * spec.width(t))
                                   for t in spec.neuron_types}
-            # the record batches stay in the mapped file (a query reads only the docids
-            # it needs); our own mapping, so that `release_docid_pages` can hand pages back
-            self._docid_map = _map_file(docids_path(self.dir))
-            self.docid_chunks = pa.ipc.open_file(pa.py_buffer(self._docid_map)).read_all().column(DOCID)
+            # the record batches stay in the mapped file: a query reads only the docids it needs
+            self._docids = MappedArrow(docids_path(self.dir))
+            self.docid_chunks = self._docids.table.column(DOCID)
             # opened now, not on first use, so that a snapshot never depends on
             # files a later compaction may remove
             self.posting_lists_by_type = {
@@ -206,47 +205,13 @@ class Segment:
             raise OSError(f"segment {self.dir} is damaged: {len(self.docid_chunks)} docids for {n} rows")
 
     def docids_at(self, rows: np.ndarray) -> pa.StringArray:
-        """docids at ascending segment-local `rows`, read chunk by chunk (arrow's take on
-        a chunked array joins every chunk first: a copy of the whole segment's docids);
-        each chunk's pages are handed back once read, so scattered rows never hold the
-        whole file in this process's resident memory."""
-        chunks = self.docid_chunks.chunks
-        starts = np.cumsum([0] + [len(c) for c in chunks])
-        bounds = np.searchsorted(rows, starts)
-        parts = []
-        for k, chunk in enumerate(chunks):
-            if bounds[k + 1] > bounds[k]:
-                parts.append(chunk.take(pa.array(rows[bounds[k] : bounds[k + 1]] - starts[k])))
-                self._release_pages(chunk)
-        if not parts:
-            return pa.array([], pa.string())
-        return parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
-
-    def _release_pages(self, chunk: pa.Array) -> None:
-        """Hand the pages of one mapped chunk back to the OS page cache (the data stays
-        readable: it maps again on use)."""
-        if not hasattr(self._docid_map, "madvise"):
-            return
-        base = pa.py_buffer(self._docid_map).address
-        spans = [(b.address - base, b.address - base + b.size) for b in chunk.buffers() if b is not None and b.size]
-        if not spans:
-            return
-        lo = min(a for a, _ in spans) // mmap.PAGESIZE * mmap.PAGESIZE
-        hi = max(b for _, b in spans)
-        if 0 <= lo < hi <= len(self._docid_map):
-            try:
-                self._docid_map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
-            except (OSError, ValueError):
-                pass
+        """docids at ascending segment-local `rows`, read batch by batch with each batch's
+        pages handed back (`mapped.MappedArrow`)."""
+        return self._docids.take_sorted(rows).column(DOCID).combine_chunks()
 
     def release_docid_pages(self) -> None:
-        """Hand the docid file's pages back to the OS page cache: they no longer count
-        in this process's resident memory (the data stays readable; it maps again on use)."""
-        if hasattr(self._docid_map, "madvise"):
-            try:
-                self._docid_map.madvise(mmap.MADV_DONTNEED)
-            except (OSError, ValueError):
-                pass
+        """Hand the docid file's pages back to the OS page cache."""
+        self._docids.release()
 
     def postings(self, neuron_type: str):
         """The lists as FAISS `InvertedLists` (imports faiss on first use)."""
@@ -269,14 +234,6 @@ def _read_counts(path: Path, length: int) -> np.ndarray | None:
     if len(counts) != length or (counts < 0).any():
         raise OSError(f"{path} is damaged: {len(counts)} neuron counts, expected {length} non-negative")
     return counts
-
-
-def _map_file(path: Path):
-    """A read-only mapping of a whole file (a bytes object for an empty one: mmap refuses those)."""
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return b""
-        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
 def gather_rows(segments, rows: np.ndarray, feature_length: int) -> np.ndarray:

@@ -339,20 +339,27 @@ def test_output_columns_and_text(pool_index):
     assert s["selected_docs"] == 5 and sum(s["datasets"].values()) == 5
 
 
-def test_output_is_written_batch_by_batch_and_atomically(pool_index, tmp_path, monkeypatch):
+@pytest.mark.parametrize("with_text", [False, True])
+def test_output_is_written_batch_by_batch_and_atomically(pool_index, tmp_path, monkeypatch, with_text):
+    # with the text, the payload is staged in row order (batches of 5) and taken back per batch
     from nagindex.ranking import output
 
     index, rng = pool_index
     t1, t2 = random_features(rng, 4, 3, 3, 12), random_features(rng, 4, 3, 3, 12)
     monkeypatch.setattr(output, "OUTPUT_BATCH_ROWS", 7)
-    res = paper_query(index, [t1, t2], fraction=0.6)
+    monkeypatch.setattr(output, "STAGE_ROWS", 5)
+    staged = []
+    monkeypatch.setattr(output.StagedPayload, "take",
+                        lambda self, rows, real=output.StagedPayload.take: staged.append(1) or real(self, rows))
+    res = paper_query(index, [t1, t2], fraction=0.6, with_text=with_text)
     path = tmp_path / "sel.parquet"
     res.write_parquet(path)
     written = pq.read_table(path)
     assert written.num_rows > 14 and pq.ParquetFile(path).num_row_groups == -(-written.num_rows // 7)
-    assert written.equals(res.table)
+    assert written.equals(res.table) and ("doc" in written.column_names) == with_text
+    assert bool(staged) == with_text
     # the summary counts the datasets as the batches went by, and the same from the table
-    fresh = paper_query(index, [t1, t2], fraction=0.6)
+    fresh = paper_query(index, [t1, t2], fraction=0.6, with_text=with_text)
     expected = Counter(res.table.column("dataset").to_pylist())
     assert res.summary["datasets"] == fresh.summary["datasets"] == dict(expected)
     # a failure after some batches leaves the old file whole and no temporary behind
