@@ -1,4 +1,4 @@
-"""A query end to end: targets -> profiles -> candidates (an engine) -> selection -> table.
+"""A query end to end: targets -> profiles -> candidates (an engine) -> selection -> output.
 
 How the pool is scored is one `ScoringOptions` value (ranking/options.py):
 NAG alone (its weighting, power, rank discount, K, layers), the embedding
@@ -11,6 +11,9 @@ they can prove the answer cheaply, else one scan), or an engine's such as
 Ray's distributed scan; both return rows that provably hold the exact answer,
 with exact integer scores, and the selection (tie-break by docid, token
 budget or top N, mixture, quality combination) is the same code for all.
+The local scan cuts each target's candidates as it scores (`scanned_candidates`),
+and the output is made batch by batch (`output`): no step holds more than one
+score per document of the pool.
 """
 
 

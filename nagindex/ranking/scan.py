@@ -1,6 +1,6 @@
-"""The scan: every live row scored from the memory-mapped forward index, block by block,
-with the gather-sum kernel (`scoring.score_features`); memory is the block plus the
-score, token and row arrays, whatever the pool size."""
+"""The scan: every row scored from the memory-mapped forward index, block by block,
+with the gather-sum kernel (`scoring.score_features`); memory is one block plus
+one int64 score per row and profile, whatever the pool size."""
 
 from __future__ import annotations
 
