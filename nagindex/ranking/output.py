@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nagindex.atomic import atomic_path
+from nagindex.heap import release_free_heap
 from nagindex.store.mapped import MappedArrow
 from nagindex.schemas import DATASET, DOCID, EMBEDDING, TEXT, TOKEN_NUM, feature_column
 
@@ -79,6 +80,7 @@ class StagedPayload:
             with pa.ipc.new_file(sink, self._empty.schema) as writer:
                 for lo in range(0, len(self.rows), STAGE_ROWS):
                     writer.write_table(index.take(self.rows[lo : lo + STAGE_ROWS], columns))
+                    release_free_heap()
         self._mapped = MappedArrow(path)
 
     def take(self, rows: np.ndarray) -> pa.Table:
@@ -137,6 +139,8 @@ def write_parquet(index, selection: Selection, path, *, with_text: bool) -> dict
                         writer = pq.ParquetWriter(tmp, batch.schema)
                     writer.write_table(batch)
                     add_dataset_counts(counts, batch.column(DATASET))
+                    del batch
+                    release_free_heap()
             finally:
                 if writer is not None:
                     writer.close()
