@@ -12,8 +12,9 @@ Ray's distributed scan; both return rows that provably hold the exact answer,
 with exact integer scores, and the selection (tie-break by docid, token
 budget or top N, mixture, quality combination) is the same code for all.
 The local scan cuts each target's candidates as it scores (`scanned_candidates`),
-and the output is made batch by batch (`output`): no step holds more than one
-score per document of the pool.
+and the output is made batch by batch (`output`): with NAG scores no step holds
+more than one score per document of the pool (the embedding, the fusion and the
+quality combination still rank every live row, with its docid).
 """
 
 

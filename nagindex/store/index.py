@@ -48,6 +48,7 @@ from nagindex.schemas import (
 from nagindex.store import checksums
 from nagindex.store import versions as index_versions
 from nagindex.store.manifest import Manifest, read_manifest
+from nagindex.store.mapped import take_in_order
 from nagindex.store.postings import StackedPostingLists, stack_postings
 from nagindex.store.segment import Segment, gather_rows, iter_blocks
 
@@ -292,26 +293,22 @@ class IndexSnapshot:
         return self._docids
 
     def docids_at(self, rows: np.ndarray | Sequence[int]) -> pa.StringArray:
-        """docids of global `rows` (any order), read from the segment files, whose pages
-        are handed back afterwards: memory grows with `rows`, not with the pool."""
+        """docids of global `rows` (any order), read from the segment files batch by
+        batch with their pages handed back: memory grows with `rows`, not with the pool."""
         rows = np.asarray(rows, dtype=np.int64)
         if self._docids is not None:
             return self._docids.take(pa.array(rows))
-        ascending = len(rows) < 2 or bool(np.all(rows[1:] >= rows[:-1]))
-        order = None if ascending else np.argsort(rows, kind="stable")
-        sorted_rows = rows if order is None else rows[order]
+        return take_in_order(rows, self._docids_at_sorted)
+
+    def _docids_at_sorted(self, rows: np.ndarray) -> pa.StringArray:
         parts = []
         for s in self._segments:
-            lo, hi = np.searchsorted(sorted_rows, [s.ref.first_row, s.ref.first_row + s.ref.num_rows])
+            lo, hi = np.searchsorted(rows, [s.ref.first_row, s.ref.first_row + s.ref.num_rows])
             if hi > lo:
-                parts.append(s.docids_at(sorted_rows[lo:hi] - s.ref.first_row))
-        self._release_docid_pages()
-        got = pa.concat_arrays(parts) if len(parts) > 1 else parts[0] if parts else pa.array([], pa.string())
-        if order is None:
-            return got
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(len(order))
-        return got.take(pa.array(inverse))
+                parts.append(s.docids_at(rows[lo:hi] - s.ref.first_row))
+        if not parts:
+            return pa.array([], pa.string())
+        return parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
 
     def _release_docid_pages(self) -> None:
         for s in self._segments:

@@ -20,6 +20,18 @@ def map_file(path: Path):
         return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
+def take_in_order(positions: np.ndarray, take_sorted):
+    """`take_sorted` (rows at ascending positions, as a pyarrow table or array) for
+    `positions` in any order: sorted first, put back in the order given after."""
+    positions = np.asarray(positions, dtype=np.int64)
+    if len(positions) < 2 or bool(np.all(positions[1:] >= positions[:-1])):
+        return take_sorted(positions)
+    order = np.argsort(positions, kind="stable")
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return take_sorted(positions[order]).take(pa.array(inverse))
+
+
 class MappedArrow:
     """The record batches of an Arrow IPC file, zero-copy over our own mapping
     (pyarrow's gives no way to hand pages back)."""
@@ -48,13 +60,7 @@ class MappedArrow:
 
     def take(self, positions: np.ndarray) -> pa.Table:
         """Rows at `positions` in the order given."""
-        positions = np.asarray(positions, dtype=np.int64)
-        if len(positions) < 2 or bool(np.all(positions[1:] >= positions[:-1])):
-            return self.take_sorted(positions)
-        order = np.argsort(positions, kind="stable")
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(len(order))
-        return self.take_sorted(positions[order]).take(pa.array(inverse))
+        return take_in_order(positions, self.take_sorted)
 
     def _release(self, batch: pa.RecordBatch) -> None:
         """Hand one batch's pages back (the data stays readable: it maps again on use)."""

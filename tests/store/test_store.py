@@ -578,3 +578,16 @@ def test_segments_keep_the_pool_neuron_counts(tmp_path, postings, monkeypatch):
     np.testing.assert_array_equal(after.neuron_counts("fwd_up"), want)
     assert sorted(p.name for p in (tmp_path / "idx" / "segments").rglob("neuron_counts.*")) == \
         ["neuron_counts.fwd_up.i64"] * len(after.manifest.segments)
+
+
+def test_docids_at_reads_any_rows_across_segments(tmp_path):
+    rng = np.random.default_rng(4)
+    index = small_index(tmp_path / "idx", segment_rows=7, batch_rows=3)
+    ids = [f"doc-{i:03d}-{'é' * (i % 3)}" for i in range(30)]
+    index.append(documents=docs_table(ids), feature_arrays={"fwd_up": random_features(rng, 30)}, progress=False)
+    index = Index.open(tmp_path / "idx")
+    assert len(index.manifest.segments) > 2
+    for rows in (np.arange(30), rng.integers(0, 30, 50), np.array([29, 0, 7, 7, 6]), np.zeros(0, np.int64)):
+        assert index.docids_at(rows).to_pylist() == [ids[r] for r in rows]
+    assert index.docids().to_pylist() == ids  # the whole array once, then takes from it
+    assert index.docids_at(np.array([3, 1])).to_pylist() == [ids[3], ids[1]]
