@@ -147,22 +147,34 @@ def _leading_rows(keys: np.ndarray, tokens: np.ndarray, budget: int) -> np.ndarr
     in which the token budget runs out (a counting pass, no sort), so only
     those need sorting. Rows past that bin cannot be kept: the rows before
     them already hold more tokens than the budget. None when no bin runs it out.
-
-    Bins are 2**shift keys wide, at most one per 16 rows, so the histogram
-    stays small (n/2 bytes) whatever the range of the scores."""
+    Bins as `_bin_shift` says."""
     if keys.dtype.kind not in "iu" or keys.size < 4096:
         return None
     lo, hi = int(keys.min()), int(keys.max())
-    shift = max(0, ((hi - lo) // max(keys.size // 16, 1)).bit_length())
+    shift = _bin_shift(hi - lo, keys.size)
     bins = keys - lo
     bins >>= shift
     mass = np.bincount(bins, weights=tokens, minlength=((hi - lo) >> shift) + 1)
     del bins
-    # float64 sums of integer token counts are exact below 2**53
-    past = np.flatnonzero(np.cumsum(mass) > budget)
-    if not len(past):
+    cut = _first_bin_past(mass, budget=budget)
+    if cut is None:
         return None
-    return np.flatnonzero(keys <= lo + ((int(past[0]) + 1) << shift) - 1)
+    return np.flatnonzero(keys <= lo + ((cut + 1) << shift) - 1)
+
+
+def _bin_shift(span: int, rows: int) -> int:
+    """log2 of the width of the histogram bins over a key span: at most one bin per 16
+    rows, so the histogram stays small (n/2 bytes) whatever the range of the scores."""
+    return max(0, (span // max(rows // 16, 1)).bit_length())
+
+
+def _first_bin_past(mass: np.ndarray, *, budget: int | None = None, top: int | None = None) -> int | None:
+    """The first bin (best first) at which the running mass exceeds the token `budget`
+    (or reaches `top` rows), or None when it never does."""
+    # float64 sums of integer token counts are exact below 2**53
+    cum = np.cumsum(mass)
+    past = np.flatnonzero(cum > budget) if budget is not None else np.flatnonzero(cum >= top)
+    return int(past[0]) if len(past) else None
 
 
 def pool_leading_rows(scores: np.ndarray, token_blocks, *, live: np.ndarray | None = None,
@@ -187,7 +199,7 @@ def pool_leading_rows(scores: np.ndarray, token_blocks, *, live: np.ndarray | No
     threshold = None
     if n_live and (budget is not None or top is not None):
         lo, hi = _live_range(scores, live)
-        shift = max(0, ((hi - lo) // max(n_live // 16, 1)).bit_length())
+        shift = _bin_shift(hi - lo, n_live)
         mass = np.zeros(((hi - lo) >> shift) + 1, dtype=np.float64)
         for first, tokens in token_blocks():
             bins = hi - scores[first : first + len(tokens)].astype(np.int64)
@@ -197,11 +209,9 @@ def pool_leading_rows(scores: np.ndarray, token_blocks, *, live: np.ndarray | No
                 keep = live[first : first + len(tokens)]
                 bins, weights = bins[keep], weights[keep]
             mass += np.bincount(bins, weights=weights, minlength=len(mass))
-        # float64 sums of integer token counts are exact below 2**53
-        cum = np.cumsum(mass)
-        past = np.flatnonzero(cum > budget) if budget is not None else np.flatnonzero(cum >= top)
-        if len(past):
-            threshold = hi - (((int(past[0]) + 1) << shift) - 1)
+        cut = _first_bin_past(mass, budget=budget, top=top)
+        if cut is not None:
+            threshold = hi - (((cut + 1) << shift) - 1)
     rows, kept_scores, kept_tokens = [], [], []
     for first, tokens in token_blocks():
         block = scores[first : first + len(tokens)]
