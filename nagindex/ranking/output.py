@@ -5,6 +5,7 @@ store once in row order and staged in a temporary file beside the output."""
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,13 +126,14 @@ def write_parquet(index, selection: Selection, path, *, with_text: bool) -> dict
     import pyarrow.parquet as pq
 
     counts: dict[str, int] = {}
+    # the text is most of what Lance reads: with more than one batch, read each page of it once
+    staging = with_text and len(selection) > OUTPUT_BATCH_ROWS
     with atomic_path(path) as tmp:
-        with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".{Path(path).name}.stage-") as stage:
+        stage_dir = tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".{Path(path).name}.stage-") if staging else None
+        with stage_dir or contextlib.nullcontext() as stage:
             payload_of = None
-            if with_text and len(selection) > OUTPUT_BATCH_ROWS:
-                # the text is most of what Lance reads: read each page of it once
-                staged = StagedPayload(index, selection.rows, payload_columns(index, with_text), Path(stage))
-                payload_of = staged.take
+            if stage is not None:
+                payload_of = StagedPayload(index, selection.rows, payload_columns(index, with_text), Path(stage)).take
             writer = None
             try:
                 for batch in output_batches(index, selection, with_text=with_text, payload_of=payload_of):

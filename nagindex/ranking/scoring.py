@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nagindex.errors import NagError
+from nagindex.store.segment import neuron_counts
 
 FIXED_POINT_BITS = 32
 FIXED_POINT_ONE = 1 << FIXED_POINT_BITS
@@ -177,9 +178,7 @@ def layer_counts(features: np.ndarray, *, num_layers: int, top_k: int, width: in
         )
     if features.size and int(features.max()) >= width:
         raise NagError(f"feature value {int(features.max())} is outside the layer width {width}")
-    layer_of_col = np.repeat(np.arange(num_layers, dtype=np.int64), top_k)
-    flat = features.astype(np.int64) + layer_of_col * width
-    return np.bincount(flat.ravel(), minlength=num_layers * width).reshape(num_layers, width)
+    return neuron_counts(features, num_layers, top_k, width).reshape(num_layers, width)
 
 
 def select_slots(features: np.ndarray, num_layers: int, top_k: int, slots: int) -> np.ndarray:

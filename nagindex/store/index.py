@@ -534,14 +534,12 @@ class IndexSnapshot:
     def info(self) -> dict:
         """Documents, tokens, backbone, L, K, neuron types, versions, pending deltas, size on disk."""
         spec, m = self.spec, self.manifest
-        live = self.live_mask()
-        tokens = self.token_num()
         return {
             "path": str(self.path),
             "documents": m.num_live,
             "rows": m.num_rows,
             "replaced_rows": m.num_deleted,
-            "tokens": int(tokens[live].sum() if live is not None else tokens.sum()),
+            "tokens": self.live_tokens(),
             "backbone": spec.backbone,
             "backbone_hash": spec.backbone_hash,
             "tokenizer": spec.tokenizer,

@@ -20,6 +20,20 @@ def map_file(path: Path):
         return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
+def hand_back(mapping, lo: int = 0, hi: int | None = None) -> None:
+    """Drop this process's pages of bytes [lo, hi) of a file `mapping` (MADV_DONTNEED:
+    they stay in the OS page cache and map again on use), where the platform can."""
+    if not hasattr(mapping, "madvise"):
+        return
+    hi = len(mapping) if hi is None else hi
+    lo = lo // mmap.PAGESIZE * mmap.PAGESIZE
+    if 0 <= lo < hi <= len(mapping):
+        try:
+            mapping.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        except (OSError, ValueError):
+            pass
+
+
 def take_in_order(positions: np.ndarray, take_sorted):
     """`take_sorted` (rows at ascending positions, as a pyarrow table or array) for
     `positions` in any order: sorted first, put back in the order given after."""
@@ -63,26 +77,13 @@ class MappedArrow:
         return take_in_order(positions, self.take_sorted)
 
     def _release(self, batch: pa.RecordBatch) -> None:
-        """Hand one batch's pages back (the data stays readable: it maps again on use)."""
-        if not hasattr(self._map, "madvise"):
-            return
+        """Hand one batch's pages back."""
         base = pa.py_buffer(self._map).address
         spans = [(b.address - base, b.address - base + b.size)
                  for column in batch.columns for b in column.buffers() if b is not None and b.size]
-        if not spans:
-            return
-        lo = min(a for a, _ in spans) // mmap.PAGESIZE * mmap.PAGESIZE
-        hi = max(b for _, b in spans)
-        if 0 <= lo < hi <= len(self._map):
-            try:
-                self._map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
-            except (OSError, ValueError):
-                pass
+        if spans:
+            hand_back(self._map, min(a for a, _ in spans), max(b for _, b in spans))
 
     def release(self) -> None:
         """Hand every page of the file back."""
-        if hasattr(self._map, "madvise"):
-            try:
-                self._map.madvise(mmap.MADV_DONTNEED)
-            except (OSError, ValueError):
-                pass
+        hand_back(self._map)

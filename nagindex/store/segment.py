@@ -29,7 +29,7 @@ from nagindex.store import postings as _postings
 from nagindex.atomic import fsync_dir
 from nagindex.errors import NagError
 from nagindex.store.manifest import SegmentRef
-from nagindex.store.mapped import MappedArrow
+from nagindex.store.mapped import MappedArrow, hand_back
 from nagindex.schemas import DOCID, FeatureSpec
 
 SEGMENT_META = "segment.json"
@@ -271,18 +271,10 @@ def iter_blocks(matrix: np.ndarray, block_rows: int):
     row_bytes = matrix.itemsize * int(np.prod(matrix.shape[1:], dtype=np.int64))
     mm = getattr(matrix, "_mmap", None)
     if _whole_file_map(matrix) is not None and mm is not None and hasattr(mm, "madvise"):
-        import mmap
-
-        page = mmap.PAGESIZE
         for start in range(0, n, block_rows):
             stop = min(start + block_rows, n)
             yield start, matrix[start:stop]
-            lo = (start * row_bytes) // page * page
-            hi = stop * row_bytes
-            try:
-                mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
-            except (OSError, ValueError):
-                pass
+            hand_back(mm, start * row_bytes, stop * row_bytes)
         return
     path = _whole_file_map(matrix)
     if path is None:
