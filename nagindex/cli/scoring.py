@@ -24,19 +24,25 @@ TOP_K = typer.Option(None, "--top-k", help="Neurons per layer used (the first K 
                      "the K the index was built with. Default: all of them (paper: 20).")
 LAYERS = typer.Option(None, "--layers", help="Layers used for target and pool alike: all, first, last or a "
                       "list such as 0,5,9. Default: all.")
-MODE = typer.Option(None, "--mode", help="nag, embedding, fusion (reciprocal-rank fusion of both) or auto "
+MODE = typer.Option(None, "--mode", help="nag, embedding, fusion (of both, see --fusion) or auto "
                     "(fusion where the index has embeddings and the targets are text, else nag). Default: auto.")
 EMBEDDING_SCORE = typer.Option(None, "--embedding-score", help="centroid (cosine to the mean target vector) or "
-                               "nn (mean of the --neighbours highest cosines to single target items). Default: centroid.")
+                               "nn (mean of the --neighbours highest cosines to single target items). Default: nn.")
 NEIGHBOURS = typer.Option(None, "--neighbours", help="Target items averaged by --embedding-score nn. Default: 10.")
+FUSION = typer.Option(None, "--fusion", help="How fusion combines the two scores: sum (each min-max scaled over "
+                      "the pool, weighted by --nag-weight) or rrf (reciprocal ranks, k=60). Default: sum.")
+NAG_WEIGHT = typer.Option(None, "--nag-weight", help="NAG's share of --fusion sum, 0 to 1 (the embedding has the "
+                          "rest). Default: 0.5.")
 CONTRAST = typer.Option(None, "--contrast", help="Older spelling: pool is --weighting contrast; none keeps the weighting.")
 
 
 def scoring_options(preset: Optional[str] = None, weighting: Optional[str] = None, power: Optional[float] = None,
                     discount: Optional[str] = None, top_k: Optional[int] = None, layers: Optional[str] = None,
                     mode: Optional[str] = None, embedding_score: Optional[str] = None,
-                    neighbours: Optional[int] = None, contrast: Optional[str] = None) -> ScoringOptions:
+                    neighbours: Optional[int] = None, contrast: Optional[str] = None, *,
+                    fusion: Optional[str] = None, nag_weight: Optional[float] = None) -> ScoringOptions:
     """The options a command's flags give: the preset, with every flag given applied over it."""
     return ScoringOptions.from_preset(preset).with_overrides(
         weighting=weighting, power=power, discount=discount, top_k=top_k, layers=layers, mode=mode,
-        embedding_score=embedding_score, neighbours=neighbours, contrast=None if contrast == "none" else contrast)
+        embedding_score=embedding_score, neighbours=neighbours, fusion=fusion, nag_weight=nag_weight,
+        contrast=None if contrast == "none" else contrast)

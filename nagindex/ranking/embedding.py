@@ -7,11 +7,18 @@ in float64 and quantised to fixed point (``round(cos * 2**24)``) before any
 ranking, so that the order is decided by integers and then by docid, never
 by float summation order.
 
-Reciprocal-rank fusion (Cormack et al. 2009): with r_nag and r_emb a
-document's 0-based ranks in the two exact orders (score descending, docid
-ascending), fused = 1/(k + 1 + r_nag) + 1/(k + 1 + r_emb), k = 60; each term
-in fixed point, ``round(2**40 / (k + 1 + r))``, so the fused score is an
-integer too. docs/scoring.md gives the formulas.
+Two fusions of the NAG and embedding scores, both integers in the end:
+
+- the calibrated sum (the default): each score min-max scaled over the pool
+  ranked, (s - min) / (max - min), then w * nag + (1 - w) * embedding in
+  fixed point, ``round(2**40 * ...)``. Min and max are exact on integers and
+  the arithmetic is elementwise, so the result does not depend on row order;
+- reciprocal-rank fusion (Cormack et al. 2009): with r_nag and r_emb a
+  document's 0-based ranks in the two exact orders (score descending, docid
+  ascending), fused = 1/(k + 1 + r_nag) + 1/(k + 1 + r_emb); each term in fixed
+  point, ``round(2**40 / (k + 1 + r))``.
+
+docs/scoring.md gives the formulas; docs/quality.md how the default was chosen.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ COSINE_BITS = 24
 COSINE_ONE = 1 << COSINE_BITS
 RRF_BITS = 40
 RRF_ONE = 1 << RRF_BITS
+FUSED_ONE = RRF_ONE  # both fusions share one fixed point: fusion_score = fused / FUSED_ONE
 # Pool rows per matrix product: bounds the (rows x target items) block in memory.
 BLOCK_ROWS = 16384
 
@@ -98,3 +106,21 @@ def rrf_term(rank: np.ndarray, k: int) -> np.ndarray:
 def rrf_scores(score_lists: list[np.ndarray], docids, k: int) -> np.ndarray:
     """int64 reciprocal-rank fusion of integer score vectors over the same rows."""
     return np.sum([rrf_term(ranks(s, docids), k) for s in score_lists], axis=0, dtype=np.int64)
+
+
+def unit_interval(scores: np.ndarray) -> np.ndarray:
+    """float64 (s - min) / (max - min) over the rows given; all zero when every score is equal."""
+    s = np.asarray(scores, dtype=np.int64)
+    if len(s) == 0:
+        return np.zeros(0)
+    lo, hi = int(s.min()), int(s.max())
+    if hi == lo:
+        return np.zeros(len(s))
+    return (s - lo) / float(hi - lo)
+
+
+def calibrated_sum(nag: np.ndarray, embedding: np.ndarray, nag_weight: float) -> np.ndarray:
+    """int64 fixed-point w * minmax(nag) + (1 - w) * minmax(embedding) over the same rows."""
+    w = float(nag_weight)
+    mixed = w * unit_interval(nag) + (1.0 - w) * unit_interval(embedding)
+    return np.rint(mixed * FUSED_ONE).astype(np.int64)

@@ -50,7 +50,7 @@ def choose_plan(plan: str, *, num_rows: int, n_live: int, top: int | None, fract
     if quality:
         return "scan", "the quality combination normalises over every row's distance"
     if every_row:
-        return "scan", "the rank fusion ranks every row"
+        return "scan", "the fusion ranks every row"
     if plan == "inverted":
         return "inverted", "asked for (--plan inverted); falls back to a scan if the bound cannot prove the answer"
     if num_rows < INVERTED_MIN_ROWS:
@@ -80,7 +80,7 @@ class CandidateRequest:
     plan: str = "auto"
     quality: bool = False  # the quality combination needs every live row's score
     progress: bool = False
-    every_row: bool = False  # a rank fusion needs every live row's score too
+    every_row: bool = False  # a fusion needs every live row's score too
     live_tokens: int = 0  # tokens of the live documents (the budget's T)
 
     @property
@@ -153,7 +153,7 @@ def local_candidates(index, profiles: Sequence[scoring.Profile], neuron_type: st
 def scanned_candidates(index, scores: np.ndarray, request: CandidateRequest, i: int) -> inv.Candidates:
     """Target i's candidates from the scores of every global row: the live rows
     that can be in its selection (`selection.pool_leading_rows`), or every live
-    row where the quality combination or a rank fusion needs them all."""
+    row where the quality combination or a fusion needs them all."""
     if request.quality or request.every_row or (request.tops[i] is None and request.budgets[i] is None):
         mask = request.live_mask
         if mask is None:  # then a view, not a copy of n scores

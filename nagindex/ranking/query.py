@@ -2,7 +2,7 @@
 
 How the pool is scored is one `ScoringOptions` value (ranking/options.py):
 NAG alone (its weighting, power, rank discount, K, layers), the embedding
-alone, or their reciprocal-rank fusion; every score is an integer, so the
+alone, or their fusion (a calibrated sum, or reciprocal ranks); every score is an integer, so the
 order is exact and ties go to the docid.
 
 `run_query` reads as those steps. The candidate step is the engine's: by
@@ -289,9 +289,12 @@ def ranked_scores(index, live: np.ndarray, nag, target: Target, pool_vectors, op
         return Scored(live, sims, embedding=sims)
     rows, scores, _ = nag
     if not np.array_equal(rows, live):
-        raise NagError("the rank fusion needs every live row's NAG score")  # an engine broke its contract
-    ids = index.docids() if len(live) == index.num_rows else index.docids_at(live)
-    fused = emb.rrf_scores([scores, sims], ids, opts.rrf_k)
+        raise NagError("the fusion needs every live row's NAG score")  # an engine broke its contract
+    if opts.fusion == "rrf":  # ranks break ties by docid
+        ids = index.docids() if len(live) == index.num_rows else index.docids_at(live)
+        fused = emb.rrf_scores([scores, sims], ids, opts.rrf_k)
+    else:
+        fused = emb.calibrated_sum(scores, sims, opts.nag_weight)
     return Scored(live, fused, nag=scores, embedding=sims)
 
 
@@ -410,7 +413,7 @@ class Pick:
     combined: np.ndarray | None = None
     missing_quality: int = 0
     embedding: np.ndarray | None = None  # cosine (centroid) or mean top-k cosine, where used
-    fused: np.ndarray | None = None  # the reciprocal-rank fusion score, where used
+    fused: np.ndarray | None = None  # the fusion score, where used
 
 
 def select_one(index, scored: Scored, profile: scoring.Profile | None, request: CandidateRequest, i: int, *,
@@ -444,7 +447,7 @@ def select_one(index, scored: Scored, profile: scoring.Profile | None, request: 
     else:
         picked = selection.budget_selection(keys, row_tokens, ids, request.fractions[i], total_tokens=total)
     distance = scoring.nag_distance(nag[picked], profile) if nag is not None else np.full(len(picked), np.nan)
-    fused = scores[picked] / emb.RRF_ONE if (nag is not None and sims is not None) else None
+    fused = scores[picked] / emb.FUSED_ONE if (nag is not None and sims is not None) else None
     return Pick(rows[picked], np.asarray(row_tokens[picked], dtype=np.int64), distance,
                 combined[picked] if combined is not None else None, missing,
                 embedding=sims[picked] / emb.COSINE_ONE if sims is not None else None, fused=fused)

@@ -239,13 +239,31 @@ def test_embedding_and_fusion_modes_match_the_reference(embedded_index, how):
     got = Q.run_query(index, [target], top=15, mode="embedding", embedding_score=how, neighbours=4)
     assert got.table.column("docid").to_pylist() == ref_top(emb_q, ids, 15)
     assert got.table.column("nag_distance").null_count == 15
-    # fusion: reciprocal ranks of the (default) NAG order and the embedding order
-    nag = Q.run_query(index, [target], top=120, mode="nag").table.column("docid").to_pylist()
+    # rrf fusion: reciprocal ranks of the (default) NAG order and the embedding order
+    nag_res = Q.run_query(index, [target], top=120, mode="nag").table
+    nag = nag_res.column("docid").to_pylist()
     emb_order = ref_top(emb_q, ids, 120)
     rrf = [1 / (61 + nag.index(d)) + 1 / (61 + emb_order.index(d)) for d in ids]
-    fused = Q.run_query(index, [target], top=15, mode="fusion", embedding_score=how, neighbours=4)
+    rrf_opts = ScoringOptions(embedding_score=how, neighbours=4, fusion="rrf", mode="fusion")
+    fused = Q.run_query(index, [target], top=15, scoring_options=rrf_opts)
     assert fused.table.column("docid").to_pylist() == ref_top(rrf, ids, 15)
     assert fused.summary["mode"] == "fusion" and "fusion_score" in fused.table.column_names
+    # the default fusion: min-max scaled scores, weighted, in fixed point (a plain reference in Python)
+    d = ScoringOptions()
+    profile = Q.target_profiles(index, [target], "fwd_up", None, power=d.power, layers=d.layers,
+                                weighting=d.weighting, discount=d.discount)[0]
+    nag_by_id = scoring.score_features(feats, profile).tolist()  # rows are in payload order
+
+    def unit(xs):
+        lo, hi = min(xs), max(xs)
+        return [0.0 if hi == lo else (x - lo) / float(hi - lo) for x in xs]
+
+    for w in (0.5, 0.3):
+        want = [round((w * a + (1 - w) * b) * 2**40) for a, b in zip(unit(nag_by_id), unit(emb_q))]
+        got_sum = Q.run_query(index, [target], top=15, mode="fusion", embedding_score=how, neighbours=4,
+                              scoring_options=ScoringOptions(embedding_score=how, neighbours=4, nag_weight=w))
+        assert got_sum.table.column("docid").to_pylist() == ref_top(want, ids, 15)
+        assert got_sum.table.column("fusion_score").to_pylist() == [x / 2**40 for x in sorted(want, reverse=True)[:15]]
     # auto fuses when the targets carry embeddings, and falls back to NAG when they do not
     assert Q.run_query(index, [target], top=15, embedding_score=how, neighbours=4).summary["mode"] == "fusion"
     assert Q.run_query(index, [feats[pick]], top=15).summary["mode"] == "nag"
