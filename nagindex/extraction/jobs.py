@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from nagindex.atomic import check_output_path
 from nagindex import io as nio
 from nagindex.errors import NagError
 from nagindex.extraction.backbones import Backbone, load_backbone
@@ -118,6 +119,9 @@ def extract_files(
     types = parse_neuron_types(neuron_types)
     if out.exists() and out.is_dir():
         raise NagError(f"--out must be a file path, {out} is a directory")
+    check_output_path(out)  # before any shard is extracted
+    if export_jsonl is not None:
+        check_output_path(export_jsonl)
 
     # 1. Read and validate every input before anything is written.
     tables = []

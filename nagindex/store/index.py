@@ -47,6 +47,7 @@ from nagindex.schemas import (
 )
 from nagindex.store import checksums
 from nagindex.store import versions as index_versions
+from nagindex.store.layout import LOCK_NAME, SEGMENTS_DIR, link_problem
 from nagindex.store.manifest import Manifest, read_manifest
 from nagindex.store.mapped import take_in_order
 from nagindex.store.postings import StackedPostingLists, stack_postings
@@ -55,8 +56,6 @@ from nagindex.store.segment import Segment, gather_rows, iter_blocks
 # Lance logs "No existing dataset ... will be created" as a warning on every new table.
 os.environ.setdefault("LANCEDB_LOG", "error")
 
-SEGMENTS_DIR = "segments"
-LOCK_NAME = ".lock"
 DELETED_PREFIX = "deleted-"
 
 # Rows handled at once while streaming (memory ~ BATCH_ROWS * L*K * 2 bytes per type).
@@ -83,6 +82,13 @@ def inside(root: Path, path: Path) -> bool:
         return path.resolve().is_relative_to(root.resolve())
     except OSError:
         return False
+
+
+def check_own_entries(path: Path) -> None:
+    """The damage error when one of the index's own folders or files is a link (`layout`)."""
+    problem = link_problem(path)
+    if problem:
+        raise damaged(path, problem)
 
 
 def damaged(path: Path, problem: str) -> NagError:
@@ -188,6 +194,7 @@ class IndexSnapshot:
         are checked against the index's.
         """
         path = Path(path)
+        check_own_entries(path)
         if version is not None:
             read_manifest(path)  # a clear error when `path` is no index
             past = index_versions.resolve(path, version)

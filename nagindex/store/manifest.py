@@ -202,5 +202,5 @@ def read_manifest(index_dir: Path) -> Manifest:
 def write_manifest(index_dir: Path, manifest: Manifest) -> None:
     """Commit `manifest` (atomic replace of manifest.json)."""
     data = json.dumps(manifest.to_dict(), indent=1, sort_keys=True).encode()
-    atomic_write_bytes(manifest_path(index_dir), data)
+    atomic_write_bytes(manifest_path(index_dir), data, index_file=True)
 

@@ -21,10 +21,9 @@ from pathlib import Path
 
 from nagindex.atomic import atomic_write_text
 from nagindex.errors import NagError
+from nagindex.store.layout import TAGS_NAME, VERSIONS_DIR
 from nagindex.store.manifest import Manifest
 
-VERSIONS_DIR = "versions"
-TAGS_NAME = "tags.json"
 
 
 def _version_path(index_dir: Path, generation: int) -> Path:
@@ -38,7 +37,7 @@ def record(index_dir: Path, manifest: Manifest) -> None:
         return
     d = manifest.to_dict()
     d["committed_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    atomic_write_text(path, json.dumps(d, indent=1, sort_keys=True))
+    atomic_write_text(path, json.dumps(d, indent=1, sort_keys=True), index_file=True)
 
 
 def _read(path: Path) -> tuple[Manifest, str]:
@@ -80,7 +79,7 @@ def set_tag(index_dir: Path, name: str, generation: int) -> None:
         raise NagError(f"version {generation} of {index_dir} is not readable any more (see `nag index versions`)")
     current = tags(index_dir)
     current[name] = int(generation)
-    atomic_write_text(Path(index_dir) / TAGS_NAME, json.dumps(current, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(Path(index_dir) / TAGS_NAME, json.dumps(current, indent=1, sort_keys=True) + "\n", index_file=True)
 
 
 def resolve(index_dir: Path, version: int | str) -> Manifest:

@@ -41,6 +41,7 @@ from nagindex.store.index import (
     LOCK_NAME,
     SEGMENTS_DIR,
     IndexSnapshot,
+    check_own_entries,
     damaged,
     first_line,
     live_rows,
@@ -178,8 +179,10 @@ def locked(index: IndexSnapshot, action: str) -> Iterator[Manifest]:
                        "open it without a version to change it")
     if not os.access(index.path, os.W_OK):
         raise NagError(f"no permission to write to {index.path}")
+    check_own_entries(index.path)  # before the lock is opened: it may be the link
     try:
-        fd = os.open(index.path / LOCK_NAME, os.O_CREAT | os.O_RDWR, 0o644)
+        # O_NOFOLLOW: a link planted after the check is not followed either
+        fd = os.open(index.path / LOCK_NAME, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o644)
     except OSError as e:
         raise NagError(os_error_message(e, index.path, action)) from None
     try:
@@ -187,6 +190,7 @@ def locked(index: IndexSnapshot, action: str) -> Iterator[Manifest]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise NagError(f"another process is writing to {index.path}; try again when it has finished") from None
+        check_own_entries(index.path)  # again under the lock: what recovery and the write follow
         manifest = adopt_added_columns(index.path, read_manifest(index.path))
         recover(index.path, manifest)
         if manifest.generation != index.manifest.generation:
@@ -591,4 +595,4 @@ def save_npy_atomic(path: Path, array: np.ndarray) -> None:
 
     buf = io.BytesIO()
     np.save(buf, array)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue(), index_file=True)

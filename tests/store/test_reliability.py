@@ -274,7 +274,7 @@ def test_a_segments_symlink_out_of_the_index_is_refused(tmp_path):
     seg = index.manifest.segments[0].name
     shutil.move(idx / "segments" / seg, tmp_path / seg)
     (idx / "segments" / seg).symlink_to(tmp_path / seg)
-    with pytest.raises(NagError, match="lies outside the index directory"):
+    with pytest.raises(NagError, match="lies outside the index directory|is a symbolic link"):
         Index.open(idx)
 
 
