@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from nagindex.errors import NagError
+from nagindex.errors import NagError, damaged
 from nagindex.extraction.embedder import load_embedder
 from nagindex.schemas import (
     DEFAULT_NEURON_TYPE,
@@ -89,17 +89,6 @@ def check_own_entries(path: Path) -> None:
     problem = link_problem(path)
     if problem:
         raise damaged(path, problem)
-
-
-def damaged(path: Path, problem: str) -> NagError:
-    """The one-line error for an index whose files do not match its manifest
-    (`.problem` keeps the problem alone, for `nag index check`)."""
-    error = NagError(
-        f"index {path} is damaged: {problem}; nothing was changed. Run `nag index check {path}` for every problem, "
-        "and restore the index from a copy or rebuild it"
-    )
-    error.problem = problem
-    return error
 
 
 def _dir_size(path: Path) -> int:

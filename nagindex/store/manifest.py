@@ -31,6 +31,39 @@ DELETED_FILE_NAME = re.compile(r"deleted-[0-9]{6,}\.npy")
 CHECKSUM_NAME = re.compile(r"(segments/seg-[0-9]{6,}/[A-Za-z0-9_.-]+|deleted-[0-9]{6,}\.npy)")
 
 
+# An index's JSON files are small and flat (a manifest nests 4 deep); a crafted
+# one nested thousands deep must be refused before the parser recurses into it.
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def _nesting_depth(text: str) -> int:
+    """The deepest nesting of [] and {} in JSON text (brackets inside strings skipped)."""
+    depth = deepest = 0
+    for ch in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
+        depth += 1 if ch in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def parse_index_json(data: bytes):
+    """The value of one of an index's JSON files, or ValueError with one line saying
+    why not (not UTF-8, not JSON, nested deeper than MAX_JSON_DEPTH)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"it is not UTF-8 text (byte {e.start})") from None
+    if _nesting_depth(text) > MAX_JSON_DEPTH:
+        raise ValueError(f"it is nested more than {MAX_JSON_DEPTH} deep")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{e.msg} at line {e.lineno}") from None
+    except RecursionError:
+        raise ValueError(f"it is nested more than {MAX_JSON_DEPTH} deep") from None
+
+
 @dataclass(frozen=True)
 class SegmentRef:
     """One immutable segment: rows [first_row, first_row + num_rows)."""
@@ -182,15 +215,17 @@ def read_manifest(index_dir: Path) -> Manifest:
         raise NagError(f"{index_dir} is not a nagindex index (no such directory)")
     path = manifest_path(index_dir)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise NagError(f"{index_dir} is not a nagindex index (no {MANIFEST_NAME})") from None
     except PermissionError:
         raise NagError(f"cannot read {path}: permission denied") from None
+    except OSError as e:
+        raise NagError(f"cannot read {path}: {e.strerror or e}") from None
     try:
-        d = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise NagError(f"{path} is not a valid index manifest ({e.msg})") from None
+        d = parse_index_json(data)
+    except ValueError as e:
+        raise NagError(f"{path} is not a valid index manifest ({e})") from None
     if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
         raise NagError(f"{index_dir} is not a nagindex index ({MANIFEST_NAME} is not a nagindex manifest)")
     try:
