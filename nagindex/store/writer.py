@@ -200,11 +200,18 @@ def locked(index: IndexSnapshot, action: str) -> Iterator[Manifest]:
         os.close(fd)
 
 
+# Written (durably) before an append adds a payload column to the Lance table and
+# removed after its commit: a later Lance version with only new columns is then a
+# killed append's, rolled back by recovery, never a column added outside nagindex.
+# A temporary's name, so that recovery removes it.
+PENDING_COLUMNS = ".columns-pending.tmp"
+
+
 def adopt_added_columns(path: Path, manifest: Manifest) -> Manifest:
     """Commit columns that were added to the documents table outside nagindex (plain
     LanceDB `add_columns`): a later Lance version with the same rows and only new
     columns becomes the committed one, instead of being rolled back as a crashed write."""
-    if manifest.lance_version is None:
+    if manifest.lance_version is None or (path / PENDING_COLUMNS).exists():
         return manifest
     import lancedb
 
@@ -447,7 +454,9 @@ def _append_locked(index, manifest: Manifest, batches: Batches, replace: bool, c
                 created_table = True
             new_fields = doctable.new_payload_fields(docs.schema, schema, spec)
             if new_fields:
-                # the payload schema evolves: a new nullable column, null in every earlier row
+                # the payload schema evolves: a new nullable column, null in every earlier row, which
+                # belongs to this append's commit (`PENDING_COLUMNS`)
+                atomic_write_bytes(index.path / PENDING_COLUMNS, b"", index_file=True)
                 table.add_columns(new_fields)
                 schema = table.schema
             docs = doctable.conform(docs, schema, spec)
@@ -491,10 +500,12 @@ def _append_locked(index, manifest: Manifest, batches: Batches, replace: bool, c
         filler.abort()
         if new_deleted_file:
             (index.path / new_deleted_file).unlink(missing_ok=True)
-        doctable.rollback(db, manifest, created_table)
+        if doctable.rollback(db, manifest, created_table):  # else recovery must still roll the columns back
+            (index.path / PENDING_COLUMNS).unlink(missing_ok=True)
         if _write_failure(exc):
             raise NagError(os_error_message(exc, index.path, "appending to")) from exc
         raise
+    (index.path / PENDING_COLUMNS).unlink(missing_ok=True)
     crash_point("after-commit")
     index._load(new)
     return AppendResult(added, skipped, replaced)
