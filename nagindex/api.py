@@ -28,6 +28,7 @@ from nagindex.schemas import (
     DEFAULT_MAX_LENGTH,
     DEFAULT_NEURON_TYPE,
     DEFAULT_TOP_K,
+    DOCID,
     EMBEDDING,
     TEXT,
     UNKNOWN_HASH,
@@ -248,13 +249,16 @@ class Index(IndexSnapshot):
             return
         embedder = self.embedder()
         for docs, feats in batches:
-            if EMBEDDING in docs.column_names:  # embedded already (e.g. by the caller)
-                yield docs, feats
-                continue
+            # the index embeds every document itself: a pool's own `embedding` column is refused
+            # before this (`ingest.check_payload_names`), never taken as the vector
             if TEXT not in docs.column_names:
                 raise NagError(f"this index embeds every document with {self.manifest.embedder}, "
                                f"and these documents have no text column {TEXT!r}")
             vectors = embedder.encode(docs.column(TEXT).to_pylist(), batch_size=batch_size)
+            bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+            if len(bad):  # a NaN vector would be stored, and then score as nothing or everything
+                raise NagError(f"the embedding of document {docs.column(DOCID)[int(bad[0])].as_py()!r} is not finite "
+                               f"({self.manifest.embedder}); the index is unchanged")
             column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), embedder.dim)
             yield docs.append_column(EMBEDDING, column), feats
 

@@ -281,6 +281,10 @@ def normalize_documents(table: pa.Table, source: str = "documents") -> pa.Table:
 
     Other columns are kept as they are (the payload).
     """
+    names = table.column_names
+    repeated = next((n for n in names if names.count(n) > 1), None)
+    if repeated is not None:
+        raise NagError(f"{source}: column {repeated!r} appears {names.count(repeated)} times; give every column its own name")
     if DOCID not in table.column_names:
         raise NagError(f"{source}: no 'docid' column (columns: {', '.join(table.column_names) or 'none'})")
     table = set_column(table, DOCID, _docid_column(table.column(DOCID), source))

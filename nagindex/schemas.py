@@ -202,8 +202,17 @@ DOCUMENT_FIELDS = {
 ROW = "_row"
 EMBEDDING = "embedding"  # unit-length float32 vector per document (nag index build --embedder)
 
-# Columns the index manages itself; a pool's payload may not use these names.
-RESERVED_INDEX_COLUMNS = (ROW,)
+# Columns a query's output adds beside the payload.
+OUTPUT_COLUMNS = ("nag_distance", "target", "combined_score", "embedding_similarity", "fusion_score")
+# Columns the index or its outputs keep for themselves, with every `<type>_feature`: a pool's
+# payload may not use these names (its column would be taken for theirs: an `embedding` as the
+# document's vector, unnormalised; or dropped from the output behind a score).
+RESERVED_INDEX_COLUMNS = (ROW, EMBEDDING, *OUTPUT_COLUMNS)
+
+
+def is_reserved_column(name: str) -> bool:
+    """Whether a pool column may not be called `name` (`RESERVED_INDEX_COLUMNS`, feature columns)."""
+    return name in RESERVED_INDEX_COLUMNS or name in {feature_column(t) for t in NEURON_TYPES}
 
 
 def embedding_type(dim: int) -> pa.DataType:

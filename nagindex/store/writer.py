@@ -385,6 +385,7 @@ def checked_batches(batches: Batches, spec: FeatureSpec) -> Iterator[tuple[pa.Ta
     seen = SeenDocids()
     for i, (docs, feats) in enumerate(batches):
         docs = normalize_documents(docs, f"batch {i}")
+        ingest.check_payload_names(docs)
         ids = docs.column(DOCID).combine_chunks()
         check_unique_docids(ids, f"batch {i}")
         if seen.add(ids) is not None:
