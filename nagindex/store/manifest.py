@@ -28,7 +28,9 @@ FORMAT_NAME = "nagindex"
 SEGMENT_NAME = re.compile(r"seg-[0-9]{6,}")
 LANCE_TABLE_NAME = re.compile(r"docs(_[0-9]{6,})?")
 DELETED_FILE_NAME = re.compile(r"deleted-[0-9]{6,}\.npy")
-CHECKSUM_NAME = re.compile(r"(segments/seg-[0-9]{6,}/[A-Za-z0-9_.-]+|deleted-[0-9]{6,}\.npy)")
+CHECKSUM_NAME = re.compile(
+    r"(segments/seg-[0-9]{6,}/[A-Za-z0-9_.-]+|deleted-[0-9]{6,}\.npy|docs(_[0-9]{6,})?\.lance/data/[A-Za-z0-9_-]+\.lance)"
+)
 
 
 # An index's JSON files are small and flat (a manifest nests 4 deep); a crafted
@@ -164,6 +166,7 @@ class Manifest:
         check_names(m)
         if m.lance_version is not None and (not isinstance(m.lance_version, int) or m.lance_version < 1):
             raise NagError(f"index manifest is inconsistent (Lance version {m.lance_version!r})")
+        check_counters(m)
         if not 0 <= m.num_deleted <= m.num_rows or (m.num_deleted > 0) != (m.deleted_file is not None):
             raise NagError(f"index manifest is inconsistent ({m.num_deleted} deleted rows, file {m.deleted_file})")
         return m
@@ -193,6 +196,15 @@ def check_names(m: "Manifest") -> None:
     bad += [n for n in m.checksums if not CHECKSUM_NAME.fullmatch(n) or ".." in n.split("/")]
     if bad:
         raise NagError(f"index manifest names {bad[0]!r}, which is not a file of this index; refusing to use it")
+
+
+def check_counters(m: "Manifest") -> None:
+    """generation >= 0, and the next segment number past every committed one (a writer names
+    its new segments from it), base segments among the segments."""
+    numbers = [int(s.name.split("-", 1)[1]) for s in m.segments]
+    if m.generation < 0 or m.next_segment <= max(numbers, default=-1) or not 0 <= m.base_segments <= len(m.segments):
+        raise NagError(f"index manifest is inconsistent (generation {m.generation}, next segment {m.next_segment}, "
+                       f"base segments {m.base_segments} of {len(m.segments)})")
 
 
 def check_segments_contiguous(segments: tuple[SegmentRef, ...] | list[SegmentRef]) -> None:
