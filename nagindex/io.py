@@ -137,6 +137,10 @@ def _read_jsonl_arrow(path: Path) -> pa.Table | None:
             table = pj.read_json(stream, read_options=pj.ReadOptions(block_size=16 << 20))
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return None
+    try:
+        table.validate(full=True)  # the reader lets bytes that are not UTF-8 into its strings
+    except pa.ArrowInvalid:
+        raise NagError(f"cannot read {path}: it is not UTF-8 text (JSON Lines must be UTF-8)") from None
     names = list(table.column_names)
     for alias, name in (("id", DOCID), ("text", TEXT)):
         if name not in names and alias in names:
@@ -326,7 +330,11 @@ def _docid_column(docid, source: str):
 
 def token_num_column(col, source: str):
     if pa.types.is_integer(col.type):
-        col = col.cast(pa.int64())
+        try:
+            col = col.cast(pa.int64())
+        except pa.ArrowInvalid:  # an unsigned count past int64 (2**64-1)
+            raise NagError(f"{source}: 'token_num' holds {pc.max(col).as_py()}, more than any token count "
+                           "(at most 2**63-1); check the column") from None
     elif pa.types.is_floating(col.type):
         values = col.to_numpy(zero_copy_only=False) if isinstance(col, pa.Array) else col.combine_chunks().to_numpy(zero_copy_only=False)
         finite = values[~np.isnan(values)]
@@ -619,6 +627,9 @@ def _read_upstream_jsonl(path: Path) -> pa.Table:
     for lineno, obj in _jsonl_records(path):
         if DOCID not in obj:
             raise NagError(f"{path}:{lineno}: no 'docid'")
+        if not isinstance(obj[DOCID], (str, int)) or isinstance(obj[DOCID], bool):
+            # str(None) would make the document "None"
+            raise NagError(f"{path}:{lineno}: docid must be text, found {json.dumps(obj[DOCID])}")
         docids.append(str(obj[DOCID]))
         for key, value in obj.items():
             if not key.endswith("_feature"):
@@ -671,7 +682,7 @@ def read_feature_files(paths: Sequence[str | os.PathLike] | str | os.PathLike) -
                 table = pq.ParquetFile(p).read()
             except (pa.ArrowException, OSError) as exc:
                 raise NagError(f"cannot read feature file {p}: {str(exc).splitlines()[0]}") from None
-            file_spec = FeatureSpec.from_metadata(table.schema.metadata)
+            file_spec = FeatureSpec.from_metadata(table.schema.metadata, str(p))
         if DOCID not in table.column_names:
             raise NagError(f"{p}: no 'docid' column")
         if file_spec is not None:

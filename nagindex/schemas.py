@@ -139,10 +139,19 @@ class FeatureSpec:
         return {SPEC_METADATA_KEY: self.to_json().encode()}
 
     @classmethod
-    def from_metadata(cls, metadata: dict | None) -> "FeatureSpec | None":
+    def from_metadata(cls, metadata: dict | None, source: str = "features") -> "FeatureSpec | None":
+        """The spec a feature file records in its schema metadata (None when it has none);
+        one line naming `source` when that is not a spec."""
         if not metadata or SPEC_METADATA_KEY not in metadata:
             return None
-        return cls.from_json(metadata[SPEC_METADATA_KEY])
+        try:
+            return cls.from_json(metadata[SPEC_METADATA_KEY])
+        except NagError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+            problem = "nested too deep" if isinstance(e, RecursionError) else str(e).splitlines()[0][:200]
+            raise NagError(f"{source}: its feature spec metadata ({SPEC_METADATA_KEY.decode()}) is not valid "
+                           f"({type(e).__name__}: {problem}); write the file again with `nag extract`") from None
 
     # -- compatibility -------------------------------------------------------
     def check_compatible(self, other: "FeatureSpec", what: str = "features") -> None:

@@ -249,9 +249,12 @@ def tag(index: IndexSnapshot, name: str, version: int | str | None = None) -> in
     """Name a version (default: the current one) so that compaction keeps it readable;
     returns its number."""
     index_versions.check_tag_name(name)
-    with locked(index, "tagging") as manifest:
-        generation = manifest.generation if version is None else index_versions.resolve(index.path, version).generation
-        index_versions.set_tag(index.path, name, generation)
+    try:
+        with locked(index, "tagging") as manifest:
+            generation = manifest.generation if version is None else index_versions.resolve(index.path, version).generation
+            index_versions.set_tag(index.path, name, generation)
+    except OSError as e:  # tags.json is written atomically: the old one stays
+        raise NagError(os_error_message(e, index.path, "tagging")) from None
     return generation
 
 
