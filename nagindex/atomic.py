@@ -12,6 +12,7 @@ fsyncs the data and the directory entry (the commit point of an index).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -103,6 +104,53 @@ def check_output_path(path: str | os.PathLike, *, directory: bool = False) -> No
         raise NagError(f"cannot write {path}: it lies inside the index {root}; write outputs outside index directories")
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` may still be running (another user's counts as running)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _leftover_pattern(name: str) -> "re.Pattern[str]":
+    """The names this module's temporaries of output `name` take, and the staging folders
+    beside it (`staging_prefix`), each with its writer's PID."""
+    stem = re.escape(f".{name}.")
+    return re.compile(stem + r"(?:([0-9]+)-[A-Za-z0-9_]+\.tmp|tmp-([0-9]+)-[A-Za-z0-9_]+|stage-([0-9]+)-[A-Za-z0-9_]+)")
+
+
+def staging_prefix(path: Path) -> str:
+    """The prefix of a folder staged beside output `path` while it is written (removed by the
+    next write of `path` once this process is gone, if a kill left it)."""
+    return f".{path.name}.stage-{os.getpid()}-"
+
+
+def remove_stale_leftovers(path: Path) -> None:
+    """Remove what killed writers of `path` left beside it (partial temporaries, staging
+    folders) once their process is gone; nothing of a live writer, nothing else."""
+    pattern = _leftover_pattern(path.name)
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if not m or process_alive(int(next(g for g in m.groups() if g))):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            try:
+                os.unlink(entry.path)
+            except OSError:
+                pass
+
+
 def is_temporary(name: str) -> bool:
     """True for the name of a temporary that `atomic_path` made (what a crash can leave)."""
     return name.startswith(".") and (name.endswith(".tmp") or ".tmp-" in name)
@@ -123,11 +171,14 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False, durable: bo
     else:
         check_output_path(path, directory=directory)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not index_file:
+        remove_stale_leftovers(path)  # the store's own leftovers are recovery's
+    # the writer's PID in the name: what a kill leaves is known for stale once it is gone
     if directory:
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-"))
         os.chmod(tmp, 0o777 & ~_umask())
     else:
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp")
         os.close(fd)
         tmp = Path(name)
         os.chmod(tmp, 0o666 & ~_umask())

@@ -27,6 +27,7 @@ import os
 import re
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -456,6 +457,11 @@ class IndexSnapshot:
         removed the Lance table this snapshot pinned (their payload is unchanged:
         compaction only renumbers rows); a damaged table otherwise."""
         newer = self._newer(error)
+        if newer.manifest.last_replace > self.manifest.generation:
+            # a document may have new text under its old docid: reading it would pair it with this
+            # snapshot's ranking
+            raise NagError(f"index {self.path} changed while it was read (documents were replaced and the index "
+                           "compacted); run the command again")
         if not len(unique):
             return newer.take(unique, columns)
         ids = self.docids_at(unique)
@@ -506,8 +512,9 @@ class IndexSnapshot:
             source = self._model if self._model is not None else backbone_source(spec)
             named_by_index = self._model is None
             try:
-                backbone = source if isinstance(source, Backbone) else load_backbone(
-                    source, device=device, dtype=dtype, allow_download=not named_by_index)
+                with _hub_offline(named_by_index and source is not None):
+                    backbone = source if isinstance(source, Backbone) else load_backbone(
+                        source, device=device, dtype=dtype, allow_download=not named_by_index)
             except NagError as exc:
                 if self._model is not None or "does not download" in str(exc):
                     raise
@@ -568,6 +575,21 @@ class IndexSnapshot:
     def _feature_rows(self, neuron_type: str, rows: np.ndarray) -> np.ndarray:
         """Feature rows at sorted global `rows`, gathered from the segments."""
         return gather_rows(self.feature_segments(neuron_type), rows, self.spec.feature_length)
+
+
+@contextmanager
+def _hub_offline(offline: bool):
+    """HF_HUB_OFFLINE=1 while a model that an index named loads: the hub client too (not only
+    transformers' local_files_only) sends no request because a downloaded index named a model.
+    Restored afterwards, so that a later load the user asked for may download."""
+    if not offline or "HF_HUB_OFFLINE" in os.environ:
+        yield
+        return
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("HF_HUB_OFFLINE", None)
 
 
 def _lance_version_files(version: int) -> tuple[str, ...]:

@@ -101,6 +101,9 @@ class Manifest:
     postings: bool = True
     embedder: str | None = None  # what embeds documents (extraction.embedder.load_embedder), if any
     embedding_dim: int | None = None
+    # the generation of the last commit that replaced documents (carried through compactions): a
+    # snapshot older than it may not read its payload from a newer state by docid
+    last_replace: int = 0
 
     @property
     def num_rows(self) -> int:
@@ -133,6 +136,7 @@ class Manifest:
             "postings": self.postings,
             "embedder": self.embedder,
             "embedding_dim": self.embedding_dim,
+            "last_replace": self.last_replace,
         }
 
     @classmethod
@@ -159,6 +163,7 @@ class Manifest:
             postings=bool(d.get("postings", True)),
             embedder=d.get("embedder"),
             embedding_dim=None if d.get("embedding_dim") is None else int(d["embedding_dim"]),
+            last_replace=int(d.get("last_replace", 0)),
         )
         check_segments_contiguous(m.segments)
         if int(d.get("num_rows", m.num_rows)) != m.num_rows:

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from nagindex.atomic import atomic_write_bytes, is_temporary
+from nagindex.atomic import atomic_write_bytes, is_temporary, process_alive
 from nagindex.errors import NagError
 from nagindex.io import SeenDocids, check_unique_docids, normalize_documents
 from nagindex.schemas import DOCID, ROW, TOKEN_NUM, FeatureSpec, index_schema
@@ -136,24 +136,12 @@ def build_directory(path: Path) -> Path:
     pattern = re.compile(re.escape(f".{path.name}{BUILDING_INFIX}") + r"([0-9]+)")
     for entry in path.parent.iterdir() if path.parent.is_dir() else ():
         m = pattern.fullmatch(entry.name)
-        if m and entry.is_dir() and not entry.is_symlink() and not _process_alive(int(m.group(1))):
+        if m and entry.is_dir() and not entry.is_symlink() and not process_alive(int(m.group(1))):
             shutil.rmtree(entry, ignore_errors=True)
     tmp = path.parent / f".{path.name}{BUILDING_INFIX}{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     return tmp
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 def publish_build(tmp: Path, path: Path) -> None:
@@ -528,6 +516,7 @@ def _append_locked(index, manifest: Manifest, batches: Batches, replace: bool, c
             generation=generation,
             next_segment=filler.next_segment,
             base_segments=len(new_refs) if manifest.num_rows == 0 else manifest.base_segments,
+            last_replace=generation if replaced else manifest.last_replace,
         )
         commit(index.path, new)
     except BaseException as exc:
