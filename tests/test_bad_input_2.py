@@ -130,3 +130,23 @@ def test_an_embedder_folder_with_pickle_weights_is_refused_unread(tmp_path):
         load_embedder(folder)
     assert "safetensors" in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("depth", [1_000, 20_000])
+def test_deeply_nested_jsonl_is_one_line_not_a_crash(tmp_path, depth):
+    import subprocess
+    import sys
+
+    deep = "[" * depth + "1" + "]" * depth
+    (tmp_path / "pool.jsonl").write_text('{"docid": "a", "text": "ok"}\n' + f'{{"docid": "b", "text": "x", "deep": {deep}}}\n')
+    (tmp_path / "f.jsonl").write_text(f'{{"docid": "b", "fwd_up_feature": {deep}}}\n')
+    # in a child: the crash this guards against is a segfault of the JSON reader
+    code = ("import sys\nfrom nagindex import NagError\nfrom nagindex.io import read_documents, read_feature_files\n"
+            "for read in (lambda: read_documents(sys.argv[1]), lambda: read_feature_files([sys.argv[2]])):\n"
+            "    try:\n        read()\n    except NagError as e:\n        print(e)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "pool.jsonl"), str(tmp_path / "f.jsonl")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 2 and "pool.jsonl:2: nested more than" in lines[0]
+    assert "f.jsonl:1: nested more than" in lines[1]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from nagindex.atomic import atomic_write_bytes
 from nagindex.errors import NagError
+from nagindex.io import json_nesting_depth
 from nagindex.schemas import SCHEMA_VERSION, FeatureSpec
 
 MANIFEST_NAME = "manifest.json"
@@ -33,20 +34,9 @@ CHECKSUM_NAME = re.compile(
 )
 
 
-# An index's JSON files are small and flat (a manifest nests 4 deep); a crafted
-# one nested thousands deep must be refused before the parser recurses into it.
+# An index's JSON files are small and flat (a manifest nests 4 deep); a crafted one
+# nested thousands deep is refused before the parser recurses into it.
 MAX_JSON_DEPTH = 64
-_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-
-
-def _nesting_depth(text: str) -> int:
-    """The deepest nesting of [] and {} in JSON text (brackets inside strings skipped)."""
-    depth = deepest = 0
-    for ch in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
-        depth += 1 if ch in "[{" else -1
-        deepest = max(deepest, depth)
-    return deepest
 
 
 def parse_index_json(data: bytes):
@@ -56,7 +46,7 @@ def parse_index_json(data: bytes):
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"it is not UTF-8 text (byte {e.start})") from None
-    if _nesting_depth(text) > MAX_JSON_DEPTH:
+    if json_nesting_depth(text) > MAX_JSON_DEPTH:
         raise ValueError(f"it is nested more than {MAX_JSON_DEPTH} deep")
     try:
         return json.loads(text)
