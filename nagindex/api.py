@@ -28,6 +28,7 @@ from nagindex.schemas import (
     DEFAULT_MAX_LENGTH,
     DEFAULT_NEURON_TYPE,
     DEFAULT_TOP_K,
+    DOCID,
     EMBEDDING,
     TEXT,
     UNKNOWN_HASH,
@@ -85,6 +86,7 @@ class Index(IndexSnapshot):
         dtype: str | None = None,
         postings: bool = False,
         embedder: Any = None,
+        strict: bool = False,
     ) -> "Index":
         """Index the documents of `pools`: files, directories, globs, or tables in memory
         (pyarrow Table/Dataset, pandas or polars DataFrame, `datasets.Dataset`), in any mix.
@@ -141,7 +143,7 @@ class Index(IndexSnapshot):
             index._backbone = backbone
             index.append(pools, features=features, fmt=fmt, progress=progress, batch_size=batch_size,
                          _model=backbone if backbone is not None else (None if features else model),
-                         engine=runner)
+                         engine=runner, strict=strict)
             writer.publish_build(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -165,6 +167,7 @@ class Index(IndexSnapshot):
         engine: Any = "local",
         device: str | None = None,
         dtype: str | None = None,
+        strict: bool = False,
         _model: Any = None,
     ) -> AppendResult:
         """Add documents: from pools (files, directories, globs or tables in memory, as for
@@ -175,13 +178,16 @@ class Index(IndexSnapshot):
         `replace=True` the old rows are replaced. All or nothing: a crash
         leaves the index as it was before the call. `device` and `dtype` place
         the backbone when this call loads it (default: the GPU in bf16 where
-        there is one, else the CPU in fp32).
+        there is one, else the CPU in fp32). A pool document without usable
+        text is skipped with a warning, or with `strict` refused (always with
+        `features`, whose rows it would orphan).
         """
         spec = self.spec
         if not progress:
             silence_library_bars()
         if (pools is None) == (documents is None):
             raise NagError("give either pool files or a documents table to append")
+        runner = get_engine(engine)  # an unknown name is refused even where no extraction runs
         if documents is not None:
             batches, total = ingest.table_batches(documents, feature_arrays, spec, self.batch_rows), documents.num_rows
             tokens = None
@@ -194,7 +200,7 @@ class Index(IndexSnapshot):
             # the index keeps the text: a pool without it is refused, and with imported
             # features a document whose text is empty is refused by name (skipping it
             # would leave its features without a document)
-            docs = ingest.document_batches(pools, fmt, read_rows, require_text=True, strict=bool(features))
+            docs = ingest.document_batches(pools, fmt, read_rows, require_text=True, strict=strict or bool(features))
             if features:
                 features = _as_list(features)
                 _check_feature_files(spec, features)
@@ -204,8 +210,8 @@ class Index(IndexSnapshot):
                     self._backbone or (self._model if self._model is not None else backbone_source(spec)))
                 load = (lambda: _model) if _model is not None else (
                     lambda: self.backbone(device=device, dtype=dtype))
-                batches = get_engine(engine).extract_batches(docs, model=ModelRef(source, load), spec=spec,
-                                                             batch_size=batch_size)
+                batches = runner.extract_batches(docs, model=ModelRef(source, load), spec=spec,
+                                                 batch_size=batch_size)
             tokens = self._token_counter(_model)
             with writer.progress_bar(total, progress, "indexing") as bar:
                 grouped = ingest.regroup(batches, self.batch_rows, bar.update)
@@ -248,13 +254,16 @@ class Index(IndexSnapshot):
             return
         embedder = self.embedder()
         for docs, feats in batches:
-            if EMBEDDING in docs.column_names:  # embedded already (e.g. by the caller)
-                yield docs, feats
-                continue
+            # the index embeds every document itself: a pool's own `embedding` column is refused
+            # before this (`ingest.check_payload_names`), never taken as the vector
             if TEXT not in docs.column_names:
                 raise NagError(f"this index embeds every document with {self.manifest.embedder}, "
                                f"and these documents have no text column {TEXT!r}")
             vectors = embedder.encode(docs.column(TEXT).to_pylist(), batch_size=batch_size)
+            bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+            if len(bad):  # a NaN vector would be stored, and then score as nothing or everything
+                raise NagError(f"the embedding of document {docs.column(DOCID)[int(bad[0])].as_py()!r} is not finite "
+                               f"({self.manifest.embedder}); the index is unchanged")
             column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), embedder.dim)
             yield docs.append_column(EMBEDDING, column), feats
 
@@ -344,6 +353,8 @@ def _imported_spec(features: list, model: Any, neuron_types, top_k: int, max_len
     from nagindex.extraction.backbones import Backbone
 
     requested = parse_neuron_types(neuron_types)  # a bad name is refused whatever the files hold
+    if top_k is not None and int(top_k) < 1:
+        raise NagError(f"--top-k must be at least 1, got {top_k}")
     file_spec = ingest.feature_file_spec(features)
     if top_k is None:  # imported features keep their K; upstream JSONL is K=20 unless told
         top_k = file_spec.top_k if file_spec is not None else DEFAULT_TOP_K

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from nagindex.api import Index
 from nagindex.errors import NagError, require_extra
+from nagindex.atomic import atomic_path, atomic_write_text, check_output_path
 from nagindex.io import write_table_atomic
 from nagindex.extraction.embedder import DEFAULT_EMBEDDER, load_embedder
 from nagindex.ranking.options import PAPER_TOP_K
@@ -142,10 +143,9 @@ def _plot(domains: np.ndarray, distances: dict[str, np.ndarray], order: list[str
     axes[0][0].invert_yaxis()
     fig.suptitle("Demo pool: NAG distance by domain")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def format_table(rows: list[DomainRow], targets: list[str], selected_counts: dict[str, int], fraction: float,
@@ -195,6 +195,7 @@ def run_demo(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NagError(f"--out {out} is a file; give a directory")
+    check_output_path(out, directory=True)
     out.mkdir(parents=True, exist_ok=True)
     backbone = model if isinstance(model, Backbone) else load_backbone(model)
     index_path = out / "index"
@@ -250,10 +251,8 @@ def run_demo(
     else:
         _plot(domains, distances, [r.domain for r in rows], plot)
     summary = out / "summary.md"
-    tmp = summary.with_name(summary.name + ".tmp")
-    tmp.write_text("# nag demo\n\n" + format_table(rows, list(DEMO_TARGETS), selected_counts, fraction, paper_counts,
-                                                  scoring) + "\n")
-    os.replace(tmp, summary)
+    atomic_write_text(summary, "# nag demo\n\n" + format_table(rows, list(DEMO_TARGETS), selected_counts, fraction,
+                                                               paper_counts, scoring) + "\n")
     return DemoResult(out=out, index_path=index_path, index_reused=reused, rows=rows, selected_files=selected_files,
                       plot=plot, summary=summary, selected_counts=selected_counts, pool_docs=int(index.num_documents),
                       fraction=fraction, paper_counts=paper_counts, scoring=scoring)

@@ -24,6 +24,17 @@ class NagError(_ClickException):
         return self.message
 
 
+def damaged(path, problem: str) -> NagError:
+    """The one-line error for an index whose files do not match its manifest
+    (`.problem` keeps the problem alone, for `nag index check`)."""
+    error = NagError(
+        f"index {path} is damaged: {problem}; nothing was changed. Run `nag index check {path}` for every problem, "
+        "and restore the index from a copy or rebuild it"
+    )
+    error.problem = problem
+    return error
+
+
 def require_extra(module: str, extra: str, feature: str):
     """Import an optional dependency, or a NagError saying which extra installs it."""
     import importlib

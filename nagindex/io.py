@@ -27,6 +27,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -107,16 +108,66 @@ def _array(values: list) -> pa.Array:
         return pa.array([None if v is None else (v if isinstance(v, str) else json.dumps(v)) for v in values], pa.string())
 
 
+# Documents and feature records are flat; JSON nested deeper than this is refused, and
+# checked before any parser recurses into it (pyarrow's JSON reader crashes the process
+# on a line nested 20,000 deep, Python's raises RecursionError).
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def json_nesting_depth(text: str) -> int:
+    """The deepest nesting of [] and {} in JSON text (brackets inside strings skipped)."""
+    depth = deepest = 0
+    for ch in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
+        depth += 1 if ch in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+_BRACKET_CODES = np.zeros(256, dtype=np.uint8)
+_BRACKET_CODES[[ord("["), ord("{")]] = 1
+_BRACKET_CODES[[ord("]"), ord("}")]] = 2
+_BRACKET_CODES[ord("\n")] = 3
+
+
+def _bracket_depth_bound(path: Path, chunk_bytes: int = 16 << 20) -> int:
+    """An upper bound of the nesting depth of every line of a JSON Lines file (brackets
+    inside strings counted too, so a text full of "[" only overestimates), read in chunks
+    with numpy: only the brackets and newlines are looked at, cheap next to parsing."""
+    deepest = carry = 0
+    with pa.input_stream(str(path), compression="detect") as stream:
+        while chunk := stream.read(chunk_bytes):
+            codes = _BRACKET_CODES[np.frombuffer(chunk, dtype=np.uint8)]
+            codes = codes[codes != 0]
+            if not len(codes):
+                continue
+            level = np.cumsum(np.where(codes == 1, 1, np.where(codes == 2, -1, 0)), dtype=np.int64) + carry
+            newline = np.flatnonzero(codes == 3)
+            if len(newline):  # every line starts again from 0
+                last = np.full(len(codes), -1, dtype=np.int64)
+                last[newline] = newline
+                last = np.maximum.accumulate(last)
+                level -= np.where(last >= 0, level[np.maximum(last, 0)], 0)
+            deepest = max(deepest, int(level.max()))
+            carry = int(level[-1])
+    return deepest
+
+
 def _jsonl_records(path: Path):
     """(line number, object) of every non-blank line; a clear error for anything else."""
     with _open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            if line.count("[") + line.count("{") > MAX_JSON_DEPTH and json_nesting_depth(line) > MAX_JSON_DEPTH:
+                raise NagError(f"{path}:{lineno}: nested more than {MAX_JSON_DEPTH} deep")
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise NagError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise NagError(f"{path}:{lineno}: nested more than {MAX_JSON_DEPTH} deep") from None
             if not isinstance(obj, dict):
                 raise NagError(f"{path}:{lineno}: expected a JSON object per line")
             yield lineno, obj
@@ -124,7 +175,10 @@ def _jsonl_records(path: Path):
 
 def _read_jsonl(path: Path) -> pa.Table:
     """JSONL documents through pyarrow.json (fast, typed); records it cannot type
-    (mixed value types, a bad line) go through the line reader, which names the line."""
+    (mixed value types, a bad line) or that may nest too deep for it go through the
+    line reader, which names the line."""
+    if _bracket_depth_bound(path) > MAX_JSON_DEPTH:
+        return _read_jsonl_lines(path)
     table = _read_jsonl_arrow(path)
     return table if table is not None else _read_jsonl_lines(path)
 
@@ -137,6 +191,10 @@ def _read_jsonl_arrow(path: Path) -> pa.Table | None:
             table = pj.read_json(stream, read_options=pj.ReadOptions(block_size=16 << 20))
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return None
+    try:
+        table.validate(full=True)  # the reader lets bytes that are not UTF-8 into its strings
+    except pa.ArrowInvalid:
+        raise NagError(f"cannot read {path}: it is not UTF-8 text (JSON Lines must be UTF-8)") from None
     names = list(table.column_names)
     for alias, name in (("id", DOCID), ("text", TEXT)):
         if name not in names and alias in names:
@@ -281,6 +339,10 @@ def normalize_documents(table: pa.Table, source: str = "documents") -> pa.Table:
 
     Other columns are kept as they are (the payload).
     """
+    names = table.column_names
+    repeated = next((n for n in names if names.count(n) > 1), None)
+    if repeated is not None:
+        raise NagError(f"{source}: column {repeated!r} appears {names.count(repeated)} times; give every column its own name")
     if DOCID not in table.column_names:
         raise NagError(f"{source}: no 'docid' column (columns: {', '.join(table.column_names) or 'none'})")
     table = set_column(table, DOCID, _docid_column(table.column(DOCID), source))
@@ -322,7 +384,11 @@ def _docid_column(docid, source: str):
 
 def token_num_column(col, source: str):
     if pa.types.is_integer(col.type):
-        col = col.cast(pa.int64())
+        try:
+            col = col.cast(pa.int64())
+        except pa.ArrowInvalid:  # an unsigned count past int64 (2**64-1)
+            raise NagError(f"{source}: 'token_num' holds {pc.max(col).as_py()}, more than any token count "
+                           "(at most 2**63-1); check the column") from None
     elif pa.types.is_floating(col.type):
         values = col.to_numpy(zero_copy_only=False) if isinstance(col, pa.Array) else col.combine_chunks().to_numpy(zero_copy_only=False)
         finite = values[~np.isnan(values)]
@@ -615,6 +681,9 @@ def _read_upstream_jsonl(path: Path) -> pa.Table:
     for lineno, obj in _jsonl_records(path):
         if DOCID not in obj:
             raise NagError(f"{path}:{lineno}: no 'docid'")
+        if not isinstance(obj[DOCID], (str, int)) or isinstance(obj[DOCID], bool):
+            # str(None) would make the document "None"
+            raise NagError(f"{path}:{lineno}: docid must be text, found {json.dumps(obj[DOCID])}")
         docids.append(str(obj[DOCID]))
         for key, value in obj.items():
             if not key.endswith("_feature"):
@@ -667,7 +736,7 @@ def read_feature_files(paths: Sequence[str | os.PathLike] | str | os.PathLike) -
                 table = pq.ParquetFile(p).read()
             except (pa.ArrowException, OSError) as exc:
                 raise NagError(f"cannot read feature file {p}: {str(exc).splitlines()[0]}") from None
-            file_spec = FeatureSpec.from_metadata(table.schema.metadata)
+            file_spec = FeatureSpec.from_metadata(table.schema.metadata, str(p))
         if DOCID not in table.column_names:
             raise NagError(f"{p}: no 'docid' column")
         if file_spec is not None:

@@ -139,10 +139,19 @@ class FeatureSpec:
         return {SPEC_METADATA_KEY: self.to_json().encode()}
 
     @classmethod
-    def from_metadata(cls, metadata: dict | None) -> "FeatureSpec | None":
+    def from_metadata(cls, metadata: dict | None, source: str = "features") -> "FeatureSpec | None":
+        """The spec a feature file records in its schema metadata (None when it has none);
+        one line naming `source` when that is not a spec."""
         if not metadata or SPEC_METADATA_KEY not in metadata:
             return None
-        return cls.from_json(metadata[SPEC_METADATA_KEY])
+        try:
+            return cls.from_json(metadata[SPEC_METADATA_KEY])
+        except NagError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+            problem = "nested too deep" if isinstance(e, RecursionError) else str(e).splitlines()[0][:200]
+            raise NagError(f"{source}: its feature spec metadata ({SPEC_METADATA_KEY.decode()}) is not valid "
+                           f"({type(e).__name__}: {problem}); write the file again with `nag extract`") from None
 
     # -- compatibility -------------------------------------------------------
     def check_compatible(self, other: "FeatureSpec", what: str = "features") -> None:
@@ -202,8 +211,17 @@ DOCUMENT_FIELDS = {
 ROW = "_row"
 EMBEDDING = "embedding"  # unit-length float32 vector per document (nag index build --embedder)
 
-# Columns the index manages itself; a pool's payload may not use these names.
-RESERVED_INDEX_COLUMNS = (ROW,)
+# Columns a query's output adds beside the payload.
+OUTPUT_COLUMNS = ("nag_distance", "target", "combined_score", "embedding_similarity", "fusion_score")
+# Columns the index or its outputs keep for themselves, with every `<type>_feature`: a pool's
+# payload may not use these names (its column would be taken for theirs: an `embedding` as the
+# document's vector, unnormalised; or dropped from the output behind a score).
+RESERVED_INDEX_COLUMNS = (ROW, EMBEDDING, *OUTPUT_COLUMNS)
+
+
+def is_reserved_column(name: str) -> bool:
+    """Whether a pool column may not be called `name` (`RESERVED_INDEX_COLUMNS`, feature columns)."""
+    return name in RESERVED_INDEX_COLUMNS or name in {feature_column(t) for t in NEURON_TYPES}
 
 
 def embedding_type(dim: int) -> pa.DataType:

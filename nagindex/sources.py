@@ -101,7 +101,11 @@ def remote_dataset(url: str):
         except ImportError:
             raise NagError(f"cannot open {url}: pyarrow has no filesystem for it; install fsspec "
                            "(and its package for this scheme)") from None
-        fs, root = fsspec.core.url_to_fs(url)
+        try:
+            fs, root = fsspec.core.url_to_fs(url)
+        except (ImportError, ValueError, OSError) as exc:  # an unknown scheme, or its package (s3fs, aiohttp) missing
+            raise NagError(f"cannot open {url}: {str(exc).splitlines()[0] or type(exc).__name__} "
+                           "(install the fsspec package for this scheme)") from None
         filesystem = pafs.PyFileSystem(pafs.FSSpecHandler(fs))
     try:
         return pads.dataset(root, format=fmt, filesystem=filesystem)

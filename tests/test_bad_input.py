@@ -226,7 +226,7 @@ def test_pools_are_read_as_they_say_with_imported_features(tmp_path):
     with pytest.raises(NagError, match="no 'doc' text column"):
         Index.build(tmp_path / "i2", [nodoc], features=f, progress=False)
     clash = write_pool(tmp_path / "clash.parquet", ids, fwd_up_feature=["p", "q"])
-    with pytest.raises(NagError, match="pool column 'fwd_up_feature' has the name of a feature column"):
+    with pytest.raises(NagError, match="pool column 'fwd_up_feature' has a name reserved"):
         Index.build(tmp_path / "i3", [clash], features=f, progress=False)
     good = write_pool(tmp_path / "good.parquet", ids)
     with pytest.raises(NagError, match="unknown neuron type 'bogus'"):

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from nagindex.atomic import atomic_path, atomic_write_text
+from nagindex.atomic import atomic_path, atomic_write_text, check_output_path
 from nagindex.errors import NagError
 from nagindex.ranking import scoring
 from nagindex.schemas import DEFAULT_NEURON_TYPE
@@ -135,6 +135,7 @@ def save_keys(path: str | os.PathLike, keys: Mapping[int, Sequence[int]], **meta
     # One line per layer: a keys file stays readable (and diffable) for 30+ layers.
     lines = [f"{json.dumps(str(int(l)))}: {json.dumps([int(n) for n in ns])}" for l, ns in sorted(keys.items())]
     path = Path(path)
+    check_output_path(path)  # before its metadata file is written beside it
     atomic_write_text(keys_meta_path(path), json.dumps(info, sort_keys=True, indent=1) + "\n")
     atomic_write_text(path, "{\n " + ",\n ".join(lines) + "\n}\n")
     return path

@@ -133,6 +133,8 @@ def explain_row(
     neighbours: int = 5,
 ) -> dict:
     """Why pool row `row` scored as it did (see `explain`)."""
+    if int(neighbours) < 0:  # a negative count would slice the list from its end
+        raise NagError(f"--neighbours must be 0 or more, got {neighbours}")
     L, K = pool.num_layers, pool.top_k
     scores = document_scores(pool.features, weights, K)
     contrib = layer_contributions(pool.features[row : row + 1], weights, K)[0]

@@ -18,6 +18,22 @@ from nagindex.errors import NagError, require_extra
 
 DEFAULT_SIZE = (1200, 800)  # pixels
 DPI = 100
+MIN_SIZE = (200, 150)
+# A side past 2**16 is more than PNG writers and Agg take, and the canvas is held in memory
+# as RGBA (4 bytes a pixel): bound both, so that a typo is one line and not a MemoryError.
+MAX_SIDE = 16_384
+MAX_PIXELS = 64 * 2**20  # 256 MiB of canvas
+
+
+def check_size(size: tuple[int, int]) -> tuple[int, int]:
+    """`size` as (width, height) pixels, or one line saying why it cannot be drawn."""
+    w, h = (int(v) for v in size)
+    if w < MIN_SIZE[0] or h < MIN_SIZE[1]:
+        raise NagError(f"picture size {w}x{h} is too small; use at least {MIN_SIZE[0]}x{MIN_SIZE[1]} pixels")
+    if w > MAX_SIDE or h > MAX_SIDE or w * h > MAX_PIXELS:
+        raise NagError(f"picture size {w}x{h} is too large; --width and --height go up to {MAX_SIDE} pixels, "
+                       f"{MAX_PIXELS // 2**20} Mi pixels in all")
+    return w, h
 
 
 def _figure(size: tuple[int, int]):
@@ -26,9 +42,7 @@ def _figure(size: tuple[int, int]):
     matplotlib.use("Agg", force=True)
     from matplotlib.figure import Figure
 
-    w, h = size
-    if w < 200 or h < 150:
-        raise NagError(f"picture size {w}x{h} is too small; use at least 200x150 pixels")
+    w, h = check_size(size)
     # A Figure not registered with pyplot: nothing global, nothing to close.
     return Figure(figsize=(w / DPI, h / DPI), dpi=DPI)
 

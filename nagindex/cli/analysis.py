@@ -11,6 +11,7 @@ from typing import List, Optional
 
 import typer
 
+from nagindex.atomic import check_output_path
 from nagindex.errors import NagError
 from nagindex.schemas import DEFAULT_NEURON_TYPE
 from nagindex.cli.app import MODEL_HELP, app, deactivate_app, plot_app
@@ -67,8 +68,12 @@ def _targets(index, targets, target_features, fmt, neuron_type, batch_size, prog
     )
 
 
-def _size(width: int, height: int) -> tuple[int, int]:
-    return int(width), int(height)
+def _picture(out: Path, width: int, height: int) -> tuple[int, int]:
+    """The picture's size, with it and `out` checked before any work."""
+    from nagindex.analysis.plots import check_size
+
+    check_output_path(out)
+    return check_size((width, height))
 
 
 def _width_opt():
@@ -287,11 +292,12 @@ def plot_scores_cmd(
     from nagindex.analysis.explain import score_distribution
     from nagindex.analysis.plots import plot_scores
 
+    size = _picture(out, width, height)
     index = _open_index(index_dir, model)
     feats = _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress)
     profile = target_profile(index, feats, neuron_type)
     dist = score_distribution(pool_view(index, neuron_type), profile.weights, profile.denominator, fraction)
-    plot_scores(dist, out, size=_size(width, height))
+    plot_scores(dist, out, size=size)
     typer.echo(f"wrote {out}: {len(dist['distance'])} documents, cut at nag_distance {dist['cut_distance']:.6f}")
 
 
@@ -314,11 +320,12 @@ def plot_layers_cmd(
     from nagindex.analysis.views import pool_view, target_profile
     from nagindex.analysis.plots import plot_layers
 
+    size = _picture(out, width, height)
     index = _open_index(index_dir, model)
     feats = _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress)
     profile = target_profile(index, feats, neuron_type)
     means = layer_means(feats, pool_view(index, neuron_type, labels=False), profile.weights, profile.denominator)
-    plot_layers(means, out, size=_size(width, height))
+    plot_layers(means, out, size=size)
     best = int(means["target"].argmax())
     typer.echo(f"wrote {out}: {len(means['layers'])} layers; the target relies most on layer {best}")
 
@@ -345,10 +352,11 @@ def plot_map_cmd(
     from nagindex.analysis.views import pool_view
     from nagindex.analysis.plots import plot_map
 
+    size = _picture(out, width, height)
     index = _open_index(index_dir, model)
     feats = None
     if targets or target_features is not None:
         feats = _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress)
     fmap = feature_map(pool_view(index, neuron_type), target_features=feats, method=method, per_label=per_label, seed=seed)
-    plot_map(fmap, out, size=_size(width, height))
+    plot_map(fmap, out, size=size)
     typer.echo(f"wrote {out}: {len(fmap['labels'])} points ({method})")

@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from nagindex.errors import NagError
 from nagindex.schemas import DEFAULT_MAX_LENGTH, DEFAULT_NEURON_TYPE, NEURON_TYPES
 from nagindex.cli.app import MODEL_HELP, index_app
 
@@ -40,6 +41,23 @@ def _human_bytes(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{n} B"
+
+
+_STRICT_HELP = ("Refuse a pool document with empty or non-text `doc` instead of skipping it with a warning "
+                "(always refused with --features). Default: skip.")
+
+
+def check_imported_top_k(features, top_k: int) -> None:
+    """--top-k with --features: imported features keep the K they were made with, so another one
+    is refused instead of silently ignored."""
+    from nagindex.store.ingest import feature_file_spec
+
+    if top_k < 1:
+        raise NagError(f"--top-k must be at least 1, got {top_k}")
+    spec = feature_file_spec(features)
+    if spec is not None and spec.top_k != top_k:
+        raise NagError(f"--top-k {top_k}: the feature files were made with K={spec.top_k}, which an index of them "
+                       "keeps; leave --top-k out (queries can use a smaller K with `nag query --top-k`)")
 
 
 @index_app.command("build")
@@ -92,6 +110,7 @@ def build(
                                   "over the neurons (about two thirds of the disk). Queries then may "
                                   "read them (--plan inverted); on pools of real text the scan is faster, so "
                                   "they are for FAISS interop. Default: not written."),
+    strict: bool = typer.Option(False, "--strict", help=_STRICT_HELP),
 ) -> None:
     """Index POOL files into a new INDEX_DIR.
 
@@ -109,6 +128,8 @@ def build(
     from nagindex.api import Index
     from nagindex.ranking.options import build_settings
 
+    if features and top_k is not None:
+        check_imported_top_k(features, top_k)  # only what the user typed: the preset's K gives way to the files'
     top_k, embedder = build_settings(preset, top_k, embedder)
     index = Index.build(
         index_dir, pools, model=model, features=features or None, fmt=fmt, top_k=top_k,
@@ -116,6 +137,7 @@ def build(
         batch_size=batch_size, progress=progress, engine=engine, device=device, dtype=dtype,
         postings=postings,
         embedder=embedder,
+        strict=strict,
     )
     info = index.info()
     if as_json:
@@ -142,6 +164,7 @@ def append(
     device: Optional[str] = typer.Option(None, "--device", help=_DEVICE_HELP),
     dtype: Optional[str] = typer.Option(None, "--dtype", help=_DTYPE_HELP),
     as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
+    strict: bool = typer.Option(False, "--strict", help=_STRICT_HELP),
 ) -> None:
     """Add the documents of POOL files to INDEX_DIR.
 
@@ -153,7 +176,7 @@ def append(
 
     index = Index.open(index_dir, model=model)
     result = index.append(pools, features=features or None, replace=replace, fmt=fmt, batch_size=batch_size,
-                          progress=progress, engine=engine, device=device, dtype=dtype)
+                          progress=progress, engine=engine, device=device, dtype=dtype, strict=strict)
     if as_json:
         typer.echo(json.dumps({"added": result.added, "skipped": result.skipped, "replaced": result.replaced,
                                "documents": index.num_documents, "index": str(index_dir),

@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from nagindex.atomic import check_output_path
 from nagindex.errors import NagError
 from nagindex.schemas import DATASET, DEFAULT_NEURON_TYPE, NEURON_TYPES
 from nagindex.cli import scoring as S
@@ -18,6 +19,7 @@ def _check_output(out: Path) -> None:
     """Refuse an output we could not write before doing any work."""
     if out.exists() and out.is_dir():
         raise NagError(f"--out {out} is a directory; give a .parquet file path")
+    check_output_path(out)
     parent = out.parent if str(out.parent) else Path(".")
     probe = parent
     while not probe.exists():

@@ -358,7 +358,17 @@ def embedded_gguf_path() -> Path:
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is not None:
-        return torch.device(device)
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, ValueError, TypeError) as e:
+            raise NagError(f"--device {device}: not a device ({str(e).splitlines()[0]}); give cpu, cuda or cuda:N") from None
+        if dev.type == "cuda":  # one line here, not a CUDA traceback from the first .to(device)
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if count == 0:
+                raise NagError(f"--device {device}: this machine has no usable CUDA device; use --device cpu")
+            if dev.index is not None and dev.index >= count:
+                raise NagError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+        return dev
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import PartialState
 

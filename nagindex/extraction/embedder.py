@@ -15,6 +15,7 @@ The index stores one per document beside its NAG (`nag index build
 from __future__ import annotations
 
 import json
+import pickle
 import os
 import re
 import zlib
@@ -113,10 +114,14 @@ def load_embedder(name: str | os.PathLike | Embedder | None = None, *, device: s
     import torch
     from transformers import AutoModel, AutoTokenizer
 
+    if not any(Path(path).glob("*.safetensors")):
+        # an index names this folder: its pickle weights (pytorch_model.bin) are never unpickled
+        raise NagError(f"cannot load the embedder from {path}: it has no .safetensors weights "
+                       "(nagindex does not read pickle weights such as pytorch_model.bin)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModel.from_pretrained(path, local_files_only=True).eval()
-    except (OSError, ValueError) as e:
+        model = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True).eval()
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
         raise NagError(f"cannot load the embedder from {path}: {str(e).splitlines()[0]}") from None
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model.to(dev)

@@ -8,16 +8,19 @@ each process takes every N-th shard and process 0 writes the final file.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from nagindex.atomic import check_output_path
 from nagindex import io as nio
 from nagindex.errors import NagError
 from nagindex.extraction.backbones import Backbone, load_backbone
@@ -118,6 +121,9 @@ def extract_files(
     types = parse_neuron_types(neuron_types)
     if out.exists() and out.is_dir():
         raise NagError(f"--out must be a file path, {out} is a directory")
+    check_output_path(out)  # before any shard is extracted
+    if export_jsonl is not None:
+        check_output_path(export_jsonl)
 
     # 1. Read and validate every input before anything is written.
     tables = []
@@ -169,15 +175,16 @@ def extract_files(
         feats = extract_texts(backbone, texts, neuron_types=types, top_k=top_k, max_length=max_length, batch_size=batch_size, progress=progress)
         token_num = chunk.column("token_num").to_numpy(zero_copy_only=False) if "token_num" in chunk.column_names else None
         token_num = _fill_token_num(backbone, texts, token_num)
-        nio.write_features_parquet(
-            part,
-            chunk.column("docid").to_pylist(),
-            feats,
-            spec,
-            columns={"token_num": pa.array(token_num, pa.int64()),
-                     **({"dataset": chunk.column("dataset")} if "dataset" in chunk.column_names else {})},
-            metadata={JOB_METADATA_KEY: key.encode()},
-        )
+        with _writing(part):
+            nio.write_features_parquet(
+                part,
+                chunk.column("docid").to_pylist(),
+                feats,
+                spec,
+                columns={"token_num": pa.array(token_num, pa.int64()),
+                         **({"dataset": chunk.column("dataset")} if "dataset" in chunk.column_names else {})},
+                metadata={JOB_METADATA_KEY: key.encode()},
+            )
         computed_docs += length
     extract_seconds = time.perf_counter() - t_extract
 
@@ -189,7 +196,8 @@ def extract_files(
         merged = pa.concat_tables(parts) if parts else None
         schema_md = dict(merged.schema.metadata or {})
         schema_md[JOB_METADATA_KEY] = final_key.encode()
-        nio.write_table_atomic(merged.replace_schema_metadata(schema_md), out)
+        with _writing(out):
+            nio.write_table_atomic(merged.replace_schema_metadata(schema_md), out)
         shutil.rmtree(pdir, ignore_errors=True)
         _maybe_export(out, export_jsonl, spec)
     if acc_state is not None:
@@ -215,10 +223,24 @@ def _fill_token_num(backbone: Backbone, texts: list[str], token_num: np.ndarray 
     return result
 
 
+@contextmanager
+def _writing(path: Path):
+    """One line for a disk that refuses a write (full, read-only); finished parts stay, so
+    that the rerun goes on from them."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise NagError(f"disk full while writing {path}; finished shards are kept and the same command "
+                           "goes on from them once there is space") from None
+        raise NagError(f"cannot write {path}: {e.strerror or e}") from None
+
+
 def _maybe_export(out: Path, export_jsonl: str | os.PathLike | None, spec: FeatureSpec) -> None:
     if export_jsonl is None:
         return
 
     table, file_spec = nio.read_feature_files([out])
     feats = nio.features_from_table(table, file_spec or spec)
-    nio.write_upstream_jsonl(export_jsonl, table.column("docid").to_pylist(), feats, file_spec or spec)
+    with _writing(Path(export_jsonl)):
+        nio.write_upstream_jsonl(export_jsonl, table.column("docid").to_pylist(), feats, file_spec or spec)

@@ -86,6 +86,9 @@ class ScoringOptions:
             raise NagError(f"--top-k must be at least 1, got {self.top_k}")
         if self.mode not in MODES:
             raise NagError(f"unknown mode {self.mode!r}; use {', '.join(MODES)}")
+        if self.preset == "paper" and self.mode in ("embedding", "fusion"):
+            raise NagError(f"--preset paper scores by the NAG alone (the SPEC); it does not combine with "
+                           f"--mode {self.mode}: drop one of them")
         if self.embedding_score not in EMBEDDING_SCORES:
             raise NagError(f"unknown embedding score {self.embedding_score!r}; use {' or '.join(EMBEDDING_SCORES)}")
         if int(self.neighbours) < 1:

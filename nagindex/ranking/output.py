@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from nagindex.atomic import atomic_path
+from nagindex.atomic import atomic_path, staging_prefix
 from nagindex.heap import release_free_heap
 from nagindex.store.mapped import MappedArrow
 from nagindex.schemas import DATASET, DOCID, EMBEDDING, TEXT, TOKEN_NUM, feature_column
@@ -129,7 +129,7 @@ def write_parquet(index, selection: Selection, path, *, with_text: bool) -> dict
     # the text is most of what Lance reads: with more than one batch, read each page of it once
     staging = with_text and len(selection) > OUTPUT_BATCH_ROWS
     with atomic_path(path) as tmp:
-        stage_dir = tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".{Path(path).name}.stage-") if staging else None
+        stage_dir = tempfile.TemporaryDirectory(dir=tmp.parent, prefix=staging_prefix(Path(path))) if staging else None
         with stage_dir or contextlib.nullcontext() as stage:
             payload_of = None
             if stage is not None:

@@ -72,18 +72,20 @@ def lance_rows(docs: pa.Table, feats: dict[str, np.ndarray], first_row: int, sch
     return pa.table([columns[f.name] for f in schema], schema=schema)
 
 
-def rollback(db, manifest: Manifest, created_table: bool) -> None:
-    """Bring the Lance table back to the committed version after a failed write."""
+def rollback(db, manifest: Manifest, created_table: bool) -> bool:
+    """Bring the Lance table back to the committed version after a failed write;
+    False when that failed (the next writer's recovery does it)."""
     try:
         if created_table or manifest.lance_version is None:
             if manifest.lance_table in table_names(db):
                 db.drop_table(manifest.lance_table)
-            return
+            return True
         table = db.open_table(manifest.lance_table)
         if table.version != manifest.lance_version:
             table.restore(manifest.lance_version)
+        return True
     except Exception:
-        pass  # the next writer repairs it (`Index._recover`); readers follow the manifest anyway
+        return False  # the next writer repairs it (`Index._recover`); readers follow the manifest anyway
 
 
 def check_row_order(table, n: int) -> None:

@@ -27,6 +27,7 @@ import os
 import re
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -34,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from nagindex.errors import NagError
+from nagindex.errors import NagError, damaged
 from nagindex.extraction.embedder import load_embedder
 from nagindex.schemas import (
     DEFAULT_NEURON_TYPE,
@@ -47,6 +48,7 @@ from nagindex.schemas import (
 )
 from nagindex.store import checksums
 from nagindex.store import versions as index_versions
+from nagindex.store.layout import LOCK_NAME, SEGMENTS_DIR, link_problem
 from nagindex.store.manifest import Manifest, read_manifest
 from nagindex.store.mapped import take_in_order
 from nagindex.store.postings import StackedPostingLists, stack_postings
@@ -55,8 +57,6 @@ from nagindex.store.segment import Segment, gather_rows, iter_blocks
 # Lance logs "No existing dataset ... will be created" as a warning on every new table.
 os.environ.setdefault("LANCEDB_LOG", "error")
 
-SEGMENTS_DIR = "segments"
-LOCK_NAME = ".lock"
 DELETED_PREFIX = "deleted-"
 
 # Rows handled at once while streaming (memory ~ BATCH_ROWS * L*K * 2 bytes per type).
@@ -85,15 +85,11 @@ def inside(root: Path, path: Path) -> bool:
         return False
 
 
-def damaged(path: Path, problem: str) -> NagError:
-    """The one-line error for an index whose files do not match its manifest
-    (`.problem` keeps the problem alone, for `nag index check`)."""
-    error = NagError(
-        f"index {path} is damaged: {problem}; nothing was changed. Run `nag index check {path}` for every problem, "
-        "and restore the index from a copy or rebuild it"
-    )
-    error.problem = problem
-    return error
+def check_own_entries(path: Path) -> None:
+    """The damage error when one of the index's own folders or files is a link (`layout`)."""
+    problem = link_problem(path)
+    if problem:
+        raise damaged(path, problem)
 
 
 def _dir_size(path: Path) -> int:
@@ -188,6 +184,7 @@ class IndexSnapshot:
         are checked against the index's.
         """
         path = Path(path)
+        check_own_entries(path)
         if version is not None:
             read_manifest(path)  # a clear error when `path` is no index
             past = index_versions.resolve(path, version)
@@ -460,6 +457,11 @@ class IndexSnapshot:
         removed the Lance table this snapshot pinned (their payload is unchanged:
         compaction only renumbers rows); a damaged table otherwise."""
         newer = self._newer(error)
+        if newer.manifest.last_replace > self.manifest.generation:
+            # a document may have new text under its old docid: reading it would pair it with this
+            # snapshot's ranking
+            raise NagError(f"index {self.path} changed while it was read (documents were replaced and the index "
+                           "compacted); run the command again")
         if not len(unique):
             return newer.take(unique, columns)
         ids = self.docids_at(unique)
@@ -510,8 +512,9 @@ class IndexSnapshot:
             source = self._model if self._model is not None else backbone_source(spec)
             named_by_index = self._model is None
             try:
-                backbone = source if isinstance(source, Backbone) else load_backbone(
-                    source, device=device, dtype=dtype, allow_download=not named_by_index)
+                with _hub_offline(named_by_index and source is not None):
+                    backbone = source if isinstance(source, Backbone) else load_backbone(
+                        source, device=device, dtype=dtype, allow_download=not named_by_index)
             except NagError as exc:
                 if self._model is not None or "does not download" in str(exc):
                     raise
@@ -572,6 +575,21 @@ class IndexSnapshot:
     def _feature_rows(self, neuron_type: str, rows: np.ndarray) -> np.ndarray:
         """Feature rows at sorted global `rows`, gathered from the segments."""
         return gather_rows(self.feature_segments(neuron_type), rows, self.spec.feature_length)
+
+
+@contextmanager
+def _hub_offline(offline: bool):
+    """HF_HUB_OFFLINE=1 while a model that an index named loads: the hub client too (not only
+    transformers' local_files_only) sends no request because a downloaded index named a model.
+    Restored afterwards, so that a later load the user asked for may download."""
+    if not offline or "HF_HUB_OFFLINE" in os.environ:
+        yield
+        return
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("HF_HUB_OFFLINE", None)
 
 
 def _lance_version_files(version: int) -> tuple[str, ...]:

@@ -28,7 +28,16 @@ from nagindex.io import (
     set_column,
     token_num_column,
 )
-from nagindex.schemas import DOCID, NEURON_TYPES, TEXT, TOKEN_NUM, FeatureSpec, feature_column
+from nagindex.schemas import (
+    DOCID,
+    NEURON_TYPES,
+    RESERVED_INDEX_COLUMNS,
+    TEXT,
+    TOKEN_NUM,
+    FeatureSpec,
+    feature_column,
+    is_reserved_column,
+)
 from nagindex.sources import count_rows as count
 from nagindex.sources import document_batches as batches
 
@@ -248,13 +257,16 @@ def document_batches(sources: Sequence, fmt: str, batch_rows: int, require_text:
     feature column is refused: the index's own feature column would replace it."""
 
     for table in batches(sources, fmt, batch_rows, require_text=require_text, strict=strict):
-        clash = [c for c in table.column_names if c in {feature_column(t) for t in NEURON_TYPES}]
-        if clash:
-            raise NagError(
-                f"pool column {clash[0]!r} has the name of a feature column, which the index keeps for the "
-                "features; rename it in the pool"
-            )
+        check_payload_names(table)
         yield normalize_documents(table, "pool")
+
+
+def check_payload_names(table: pa.Table) -> None:
+    """Refuse a pool column with a name the index or its outputs keep (`schemas.is_reserved_column`)."""
+    clash = [c for c in table.column_names if is_reserved_column(c)]
+    if clash:
+        raise NagError(f"pool column {clash[0]!r} has a name reserved for the index's own columns "
+                       f"({', '.join(RESERVED_INDEX_COLUMNS)}, <type>_feature); rename it in the pool")
 
 
 def table_batches(documents: pa.Table, feature_arrays: dict | None, spec: FeatureSpec, batch_rows: int):
@@ -266,6 +278,7 @@ def table_batches(documents: pa.Table, feature_arrays: dict | None, spec: Featur
         documents = documents.drop_columns([c for c in documents.column_names if c in {feature_column(t) for t in spec.neuron_types}])
     else:
         feats = check_features(feature_arrays, spec, documents.num_rows, "feature_arrays")
+    check_payload_names(documents)  # after the feature columns it reads are taken out
     for start in range(0, documents.num_rows, batch_rows):
         yield documents.slice(start, batch_rows), {t: f[start : start + batch_rows] for t, f in feats.items()}
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from nagindex.atomic import atomic_write_bytes
 from nagindex.errors import NagError
+from nagindex.io import json_nesting_depth
 from nagindex.schemas import SCHEMA_VERSION, FeatureSpec
 
 MANIFEST_NAME = "manifest.json"
@@ -28,7 +29,31 @@ FORMAT_NAME = "nagindex"
 SEGMENT_NAME = re.compile(r"seg-[0-9]{6,}")
 LANCE_TABLE_NAME = re.compile(r"docs(_[0-9]{6,})?")
 DELETED_FILE_NAME = re.compile(r"deleted-[0-9]{6,}\.npy")
-CHECKSUM_NAME = re.compile(r"(segments/seg-[0-9]{6,}/[A-Za-z0-9_.-]+|deleted-[0-9]{6,}\.npy)")
+CHECKSUM_NAME = re.compile(
+    r"(segments/seg-[0-9]{6,}/[A-Za-z0-9_.-]+|deleted-[0-9]{6,}\.npy|docs(_[0-9]{6,})?\.lance/data/[A-Za-z0-9_-]+\.lance)"
+)
+
+
+# An index's JSON files are small and flat (a manifest nests 4 deep); a crafted one
+# nested thousands deep is refused before the parser recurses into it.
+MAX_JSON_DEPTH = 64
+
+
+def parse_index_json(data: bytes):
+    """The value of one of an index's JSON files, or ValueError with one line saying
+    why not (not UTF-8, not JSON, nested deeper than MAX_JSON_DEPTH)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"it is not UTF-8 text (byte {e.start})") from None
+    if json_nesting_depth(text) > MAX_JSON_DEPTH:
+        raise ValueError(f"it is nested more than {MAX_JSON_DEPTH} deep")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{e.msg} at line {e.lineno}") from None
+    except RecursionError:
+        raise ValueError(f"it is nested more than {MAX_JSON_DEPTH} deep") from None
 
 
 @dataclass(frozen=True)
@@ -66,6 +91,9 @@ class Manifest:
     postings: bool = True
     embedder: str | None = None  # what embeds documents (extraction.embedder.load_embedder), if any
     embedding_dim: int | None = None
+    # the generation of the last commit that replaced documents (carried through compactions): a
+    # snapshot older than it may not read its payload from a newer state by docid
+    last_replace: int = 0
 
     @property
     def num_rows(self) -> int:
@@ -98,6 +126,7 @@ class Manifest:
             "postings": self.postings,
             "embedder": self.embedder,
             "embedding_dim": self.embedding_dim,
+            "last_replace": self.last_replace,
         }
 
     @classmethod
@@ -124,6 +153,7 @@ class Manifest:
             postings=bool(d.get("postings", True)),
             embedder=d.get("embedder"),
             embedding_dim=None if d.get("embedding_dim") is None else int(d["embedding_dim"]),
+            last_replace=int(d.get("last_replace", 0)),
         )
         check_segments_contiguous(m.segments)
         if int(d.get("num_rows", m.num_rows)) != m.num_rows:
@@ -131,6 +161,7 @@ class Manifest:
         check_names(m)
         if m.lance_version is not None and (not isinstance(m.lance_version, int) or m.lance_version < 1):
             raise NagError(f"index manifest is inconsistent (Lance version {m.lance_version!r})")
+        check_counters(m)
         if not 0 <= m.num_deleted <= m.num_rows or (m.num_deleted > 0) != (m.deleted_file is not None):
             raise NagError(f"index manifest is inconsistent ({m.num_deleted} deleted rows, file {m.deleted_file})")
         return m
@@ -162,6 +193,15 @@ def check_names(m: "Manifest") -> None:
         raise NagError(f"index manifest names {bad[0]!r}, which is not a file of this index; refusing to use it")
 
 
+def check_counters(m: "Manifest") -> None:
+    """generation >= 0, and the next segment number past every committed one (a writer names
+    its new segments from it), base segments among the segments."""
+    numbers = [int(s.name.split("-", 1)[1]) for s in m.segments]
+    if m.generation < 0 or m.next_segment <= max(numbers, default=-1) or not 0 <= m.base_segments <= len(m.segments):
+        raise NagError(f"index manifest is inconsistent (generation {m.generation}, next segment {m.next_segment}, "
+                       f"base segments {m.base_segments} of {len(m.segments)})")
+
+
 def check_segments_contiguous(segments: tuple[SegmentRef, ...] | list[SegmentRef]) -> None:
     """Segments must tile the global rows 0..n without gaps or overlaps."""
     expected = 0
@@ -182,15 +222,17 @@ def read_manifest(index_dir: Path) -> Manifest:
         raise NagError(f"{index_dir} is not a nagindex index (no such directory)")
     path = manifest_path(index_dir)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise NagError(f"{index_dir} is not a nagindex index (no {MANIFEST_NAME})") from None
     except PermissionError:
         raise NagError(f"cannot read {path}: permission denied") from None
+    except OSError as e:
+        raise NagError(f"cannot read {path}: {e.strerror or e}") from None
     try:
-        d = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise NagError(f"{path} is not a valid index manifest ({e.msg})") from None
+        d = parse_index_json(data)
+    except ValueError as e:
+        raise NagError(f"{path} is not a valid index manifest ({e})") from None
     if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
         raise NagError(f"{index_dir} is not a nagindex index ({MANIFEST_NAME} is not a nagindex manifest)")
     try:
@@ -202,5 +244,5 @@ def read_manifest(index_dir: Path) -> Manifest:
 def write_manifest(index_dir: Path, manifest: Manifest) -> None:
     """Commit `manifest` (atomic replace of manifest.json)."""
     data = json.dumps(manifest.to_dict(), indent=1, sort_keys=True).encode()
-    atomic_write_bytes(manifest_path(index_dir), data)
+    atomic_write_bytes(manifest_path(index_dir), data, index_file=True)
 

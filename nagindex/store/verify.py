@@ -19,6 +19,7 @@ from nagindex.errors import NagError
 
 from nagindex.schemas import DOCID, ROW
 from nagindex.store import checksums
+from nagindex.store import versions as index_versions
 from nagindex.store.index import LANCE_ERRORS, first_line, token_num_problem
 from nagindex.store.manifest import read_manifest
 from nagindex.store.postings import ids_path, offsets_path
@@ -66,8 +67,18 @@ def check_index(index) -> CheckReport:
     for segment in index._segments:
         report.problems += _segment_problems(segment, index.spec, postings=m.postings)
     report.problems += _lance_problems(index)
+    report.problems += _version_problems(index.path)
     report.rows_checked = index.num_rows
     return report
+
+
+def _version_problems(path: Path) -> list[str]:
+    """Tags that cannot be resolved (`versions.tag_problem`) or a damaged tags.json."""
+    try:
+        problem = index_versions.tag_problem(path)
+    except NagError as e:
+        problem = getattr(e, "problem", str(e))
+    return [problem] if problem else []
 
 
 def _hash_problems(path: Path, m, report: CheckReport) -> None:

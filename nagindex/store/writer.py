@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from nagindex.atomic import atomic_write_bytes, is_temporary
+from nagindex.atomic import atomic_write_bytes, is_temporary, process_alive
 from nagindex.errors import NagError
 from nagindex.io import SeenDocids, check_unique_docids, normalize_documents
 from nagindex.schemas import DOCID, ROW, TOKEN_NUM, FeatureSpec, index_schema
@@ -41,11 +41,13 @@ from nagindex.store.index import (
     LOCK_NAME,
     SEGMENTS_DIR,
     IndexSnapshot,
+    check_own_entries,
     damaged,
     first_line,
     live_rows,
 )
 from nagindex.store.manifest import (
+    CHECKSUM_NAME,
     DELETED_FILE_NAME,
     LANCE_TABLE_NAME,
     SEGMENT_NAME,
@@ -134,24 +136,12 @@ def build_directory(path: Path) -> Path:
     pattern = re.compile(re.escape(f".{path.name}{BUILDING_INFIX}") + r"([0-9]+)")
     for entry in path.parent.iterdir() if path.parent.is_dir() else ():
         m = pattern.fullmatch(entry.name)
-        if m and entry.is_dir() and not entry.is_symlink() and not _process_alive(int(m.group(1))):
+        if m and entry.is_dir() and not entry.is_symlink() and not process_alive(int(m.group(1))):
             shutil.rmtree(entry, ignore_errors=True)
     tmp = path.parent / f".{path.name}{BUILDING_INFIX}{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     return tmp
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 def publish_build(tmp: Path, path: Path) -> None:
@@ -178,8 +168,10 @@ def locked(index: IndexSnapshot, action: str) -> Iterator[Manifest]:
                        "open it without a version to change it")
     if not os.access(index.path, os.W_OK):
         raise NagError(f"no permission to write to {index.path}")
+    check_own_entries(index.path)  # before the lock is opened: it may be the link
     try:
-        fd = os.open(index.path / LOCK_NAME, os.O_CREAT | os.O_RDWR, 0o644)
+        # O_NOFOLLOW: a link planted after the check is not followed either
+        fd = os.open(index.path / LOCK_NAME, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o644)
     except OSError as e:
         raise NagError(os_error_message(e, index.path, action)) from None
     try:
@@ -187,6 +179,7 @@ def locked(index: IndexSnapshot, action: str) -> Iterator[Manifest]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise NagError(f"another process is writing to {index.path}; try again when it has finished") from None
+        check_own_entries(index.path)  # again under the lock: what recovery and the write follow
         manifest = adopt_added_columns(index.path, read_manifest(index.path))
         recover(index.path, manifest)
         if manifest.generation != index.manifest.generation:
@@ -196,11 +189,18 @@ def locked(index: IndexSnapshot, action: str) -> Iterator[Manifest]:
         os.close(fd)
 
 
+# Written (durably) before an append adds a payload column to the Lance table and
+# removed after its commit: a later Lance version with only new columns is then a
+# killed append's, rolled back by recovery, never a column added outside nagindex.
+# A temporary's name, so that recovery removes it.
+PENDING_COLUMNS = ".columns-pending.tmp"
+
+
 def adopt_added_columns(path: Path, manifest: Manifest) -> Manifest:
     """Commit columns that were added to the documents table outside nagindex (plain
     LanceDB `add_columns`): a later Lance version with the same rows and only new
     columns becomes the committed one, instead of being rolled back as a crashed write."""
-    if manifest.lance_version is None:
+    if manifest.lance_version is None or (path / PENDING_COLUMNS).exists():
         return manifest
     import lancedb
 
@@ -237,9 +237,12 @@ def tag(index: IndexSnapshot, name: str, version: int | str | None = None) -> in
     """Name a version (default: the current one) so that compaction keeps it readable;
     returns its number."""
     index_versions.check_tag_name(name)
-    with locked(index, "tagging") as manifest:
-        generation = manifest.generation if version is None else index_versions.resolve(index.path, version).generation
-        index_versions.set_tag(index.path, name, generation)
+    try:
+        with locked(index, "tagging") as manifest:
+            generation = manifest.generation if version is None else index_versions.resolve(index.path, version).generation
+            index_versions.set_tag(index.path, name, generation)
+    except OSError as e:  # tags.json is written atomically: the old one stays
+        raise NagError(os_error_message(e, index.path, "tagging")) from None
     return generation
 
 
@@ -307,7 +310,35 @@ def _check_committed(path: Path, manifest: Manifest, db, tables: list[str]):
     if manifest.lance_version not in versions:
         raise damaged(path, f"the manifest names version {manifest.lance_version} of {manifest.lance_table}.lance, "
                             f"which has versions {min(versions)}..{max(versions)}")
+    # a version of another row count (a hand-set older one) would put new rows at the wrong offsets
+    pinned = db.open_table(manifest.lance_table)
+    pinned.checkout(manifest.lance_version)
+    rows = pinned.count_rows()
+    if rows != manifest.num_rows:
+        raise damaged(path, f"version {manifest.lance_version} of {manifest.lance_table}.lance has {rows} rows, "
+                            f"the manifest {manifest.num_rows}")
     return table
+
+
+def lance_checksums(path: Path, table_name: str, version: int, recorded: dict) -> dict[str, list]:
+    """{`<table>.lance/data/<file>`: [size, digest]} of every data file of `version` of a Lance
+    table (immutable once written, like a segment's), so that `check` reads them too; files
+    already in `recorded` are not hashed again. Empty where pylance is not installed."""
+    try:
+        import lance
+    except ImportError:
+        return {}
+    out = {}
+    for fragment in lance.dataset(str(path / f"{table_name}.lance"), version=version).get_fragments():
+        for data in fragment.data_files():
+            name = f"{table_name}.lance/data/{data.path}"
+            if CHECKSUM_NAME.fullmatch(name):  # a layout of another Lance release is left unrecorded
+                out[name] = recorded.get(name) or checksums.describe(path / name)
+    return out
+
+
+def _without_lance(sums: dict) -> dict:
+    return {k: v for k, v in sums.items() if ".lance/" not in k}
 
 
 # -- segments ---------------------------------------------------------------------------
@@ -374,6 +405,7 @@ def checked_batches(batches: Batches, spec: FeatureSpec) -> Iterator[tuple[pa.Ta
     seen = SeenDocids()
     for i, (docs, feats) in enumerate(batches):
         docs = normalize_documents(docs, f"batch {i}")
+        ingest.check_payload_names(docs)
         ids = docs.column(DOCID).combine_chunks()
         check_unique_docids(ids, f"batch {i}")
         if seen.add(ids) is not None:
@@ -443,7 +475,9 @@ def _append_locked(index, manifest: Manifest, batches: Batches, replace: bool, c
                 created_table = True
             new_fields = doctable.new_payload_fields(docs.schema, schema, spec)
             if new_fields:
-                # the payload schema evolves: a new nullable column, null in every earlier row
+                # the payload schema evolves: a new nullable column, null in every earlier row, which
+                # belongs to this append's commit (`PENDING_COLUMNS`)
+                atomic_write_bytes(index.path / PENDING_COLUMNS, b"", index_file=True)
                 table.add_columns(new_fields)
                 schema = table.schema
             docs = doctable.conform(docs, schema, spec)
@@ -466,8 +500,9 @@ def _append_locked(index, manifest: Manifest, batches: Batches, replace: bool, c
             deleted_file = new_deleted_file = f"{DELETED_PREFIX}{generation:06d}.npy"
             save_npy_atomic(index.path / deleted_file, deleted)
             num_deleted = len(deleted)
-        sums = dict(manifest.checksums)
+        sums = _without_lance(manifest.checksums)
         sums.update(filler.checksums)
+        sums.update(lance_checksums(index.path, manifest.lance_table, table.version, manifest.checksums))
         if new_deleted_file:
             sums = {k: v for k, v in sums.items() if not DELETED_FILE_NAME.fullmatch(k)}
             sums[new_deleted_file] = checksums.describe(index.path / new_deleted_file)
@@ -481,16 +516,19 @@ def _append_locked(index, manifest: Manifest, batches: Batches, replace: bool, c
             generation=generation,
             next_segment=filler.next_segment,
             base_segments=len(new_refs) if manifest.num_rows == 0 else manifest.base_segments,
+            last_replace=generation if replaced else manifest.last_replace,
         )
         commit(index.path, new)
     except BaseException as exc:
         filler.abort()
         if new_deleted_file:
             (index.path / new_deleted_file).unlink(missing_ok=True)
-        doctable.rollback(db, manifest, created_table)
+        if doctable.rollback(db, manifest, created_table):  # else recovery must still roll the columns back
+            (index.path / PENDING_COLUMNS).unlink(missing_ok=True)
         if _write_failure(exc):
             raise NagError(os_error_message(exc, index.path, "appending to")) from exc
         raise
+    (index.path / PENDING_COLUMNS).unlink(missing_ok=True)
     crash_point("after-commit")
     index._load(new)
     return AppendResult(added, skipped, replaced)
@@ -559,7 +597,7 @@ def compact(index: IndexSnapshot, progress: bool = False) -> None:
             doctable.check_row_order(table, filler.next_row)
             crash_point("compact-before-commit")
             new = manifest.evolve(
-                checksums=dict(filler.checksums),
+                checksums={**filler.checksums, **lance_checksums(index.path, table_name, table.version, {})},
                 lance_table=table_name,
                 lance_version=table.version,
                 segments=tuple(new_refs),
@@ -591,4 +629,4 @@ def save_npy_atomic(path: Path, array: np.ndarray) -> None:
 
     buf = io.BytesIO()
     np.save(buf, array)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue(), index_file=True)
