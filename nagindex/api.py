@@ -22,6 +22,7 @@ from nagindex.errors import NagError
 from nagindex.extraction.embedder import load_embedder
 from nagindex.progress import silence_library_bars
 from nagindex.ranking.query import run_query
+from nagindex.ranking.request import QueryRequest
 from nagindex.schemas import (
     BACKBONE_LOCATION_KEY,
     DEFAULT_INDEX_TOP_K,
@@ -278,18 +279,26 @@ class Index(IndexSnapshot):
         """Rank this index against target sets; returns the selection as an Arrow table.
 
         `targets` are raw-text files (extracted with this index's backbone) or,
-        with ``target_features=[...]``, precomputed feature files. Options are
-        those of `nagindex.ranking.query.run_query` (fraction, top, power,
-        layers, ...); `run_query` also returns the summary and the plan.
+        with ``target_features=[...]``, precomputed feature files, or
+        ``target_texts=[...]``; or one `QueryRequest`. Options are those of
+        `QueryRequest.build` (fraction, top, each, dedupe, preset, power,
+        layers, ...), from which this builds the request; `run_query` also
+        returns the summary and the plan.
         """
         return self.run_query(targets, engine=engine, **options).table
 
     def run_query(self, targets=(), *, engine: Any = "local", **options):
-        """`query` with its summary and plan: a `ranking.query.QueryResult`."""
+        """`query` with its summary and plan: a `ranking.query.QueryResult`. `targets` is a
+        `QueryRequest`, or targets with the options that build one."""
 
-        if not options.get("progress", False):
+        request = targets
+        if not isinstance(request, QueryRequest):
+            request = QueryRequest.build(targets, **options)
+        elif options:
+            raise TypeError(f"give a QueryRequest or options, not both ({', '.join(sorted(options))})")
+        if not request.progress:
             silence_library_bars()
-        return run_query(self, targets, engine=get_engine(engine), **options)
+        return run_query(self, request, engine=get_engine(engine))
 
     def _token_counter(self, model: Any) -> Callable[[list[str]], np.ndarray]:
         """Counts tokens of documents that come without token_num, with the model at hand."""

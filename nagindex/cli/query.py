@@ -126,31 +126,33 @@ def query(
     make the multi-target mixture. Prints a one-screen summary.
     """
     from nagindex.api import Index
+    from nagindex.ranking.request import QueryRequest
 
     if not targets and not target_features:
         raise NagError("give at least one TARGET file or --target-features")
     _check_output(out)
-    result = Index.open(index_dir, model=model, version=as_of).run_query(
+    request = QueryRequest.build(
         [str(t) for t in targets or []],
         target_features=[str(f) for f in target_features or []],
         target_filter=[None if f == "-" else f for f in target_filter] if target_filter else None,
         target_filter_col=target_filter_col,
         fraction=fraction,
         top=top,
-        scoring_options=S.scoring_options(preset, weighting, power, discount, top_k, layers, mode, embedding_score,
-                                          neighbours, contrast),
+        preset=preset,
+        weighting=weighting, power=power, discount=discount, top_k=top_k, layers=layers, mode=mode,
+        embedding_score=embedding_score, neighbours=neighbours, contrast=None if contrast == "none" else contrast,
         neuron_type=neuron_type,
         dedupe=dedupe,
         quality_col=quality_col,
         invert_quality=invert_quality,
         with_text=with_text,
         plan=plan,
-        engine=engine,
         fmt=fmt,
         batch_size=batch_size,
         progress=progress,
         each=each,
     )
+    result = Index.open(index_dir, model=model, version=as_of).run_query(request, engine=engine)
     _write(result, out)
     summary = dict(result.summary)
     if as_json:
