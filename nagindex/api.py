@@ -20,6 +20,7 @@ from nagindex.engines import get_engine
 from nagindex.engines.base import ModelRef
 from nagindex.errors import NagError
 from nagindex.extraction.embedder import load_embedder
+from nagindex.extraction.extractor import Extractor
 from nagindex.progress import silence_library_bars
 from nagindex.ranking.query import run_query
 from nagindex.ranking.request import QueryRequest
@@ -38,7 +39,7 @@ from nagindex.schemas import (
 from nagindex.sources import expand_sources, is_table_like
 from nagindex.store import ingest, writer
 from nagindex.store import versions as index_versions
-from nagindex.store.index import IndexSnapshot, backbone_source
+from nagindex.store.index import IndexSnapshot
 from nagindex.store.verify import check_index, check_path
 from nagindex.store.writer import AppendResult
 
@@ -51,6 +52,9 @@ PROGRESS_ROWS = 512
 class Index(IndexSnapshot):
     """A NAG index directory, opened as one committed snapshot, with the operations on it."""
 
+    # its backbone and embedder, loaded on first use (`extractor`)
+    _extractor: Extractor | None = None
+
     @classmethod
     def create(cls, path: str | os.PathLike, spec: FeatureSpec, *, postings: bool = False,
                embedder: Any = None) -> "Index":
@@ -62,7 +66,7 @@ class Index(IndexSnapshot):
         loaded = load_embedder(embedder)
         index = cls.open(writer.create_index(path, spec, postings=postings, embedder=loaded.name,
                                              embedding_dim=loaded.dim))
-        index._embedder = loaded
+        index.extractor().use(embedder=loaded)
         return index
 
     @classmethod
@@ -139,7 +143,8 @@ class Index(IndexSnapshot):
         tmp = writer.build_directory(path)  # stale ones of killed builds of `path` are removed
         try:
             index = cls.create(tmp, spec, postings=postings, embedder=embedder)
-            index._backbone = backbone
+            if backbone is not None:
+                index.extractor().use(backbone=backbone)
             index.append(pools, features=features, fmt=fmt, progress=progress, batch_size=batch_size,
                          _model=backbone if backbone is not None else (None if features else model),
                          engine=runner)
@@ -148,8 +153,7 @@ class Index(IndexSnapshot):
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         built = cls.open(path)
-        built._backbone = backbone
-        built._embedder = getattr(index, "_embedder", None)
+        built._extractor = index._extractor  # the models loaded for the build stay loaded
         return built
 
     def append(
@@ -201,12 +205,12 @@ class Index(IndexSnapshot):
                 _check_feature_files(spec, features)
                 batches = ingest.join_features(docs, ingest.iter_feature_tables(features, self.batch_rows), spec)
             else:
-                source = _model if _model is not None else (
-                    self._backbone or (self._model if self._model is not None else backbone_source(spec)))
-                load = (lambda: _model) if _model is not None else (
-                    lambda: self.backbone(device=device, dtype=dtype))
-                batches = get_engine(engine).extract_batches(docs, model=ModelRef(source, load), spec=spec,
-                                                             batch_size=batch_size)
+                if _model is not None:
+                    ref = ModelRef(_model, lambda: _model)
+                else:
+                    extractor = self.extractor(device=device, dtype=dtype)
+                    ref = ModelRef(extractor.source, lambda: extractor)
+                batches = get_engine(engine).extract_batches(docs, model=ref, spec=spec, batch_size=batch_size)
             tokens = self._token_counter(_model)
             with writer.progress_bar(total, progress, "indexing") as bar:
                 grouped = ingest.regroup(batches, self.batch_rows, bar.update)
@@ -258,6 +262,26 @@ class Index(IndexSnapshot):
             vectors = embedder.encode(docs.column(TEXT).to_pylist(), batch_size=batch_size)
             column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), embedder.dim)
             yield docs.append_column(EMBEDDING, column), feats
+
+    def extractor(self, *, device: str | None = None, dtype: str | None = None) -> Extractor:
+        """This index's backbone and embedder, loaded on first use and checked against it (`device`
+        and `dtype` place the backbone when this first call makes the extractor)."""
+        if self._extractor is None:
+            m = self.manifest
+            self._extractor = Extractor(self.spec, model=self._model, embedder=m.embedder,
+                                        embedding_dim=m.embedding_dim, device=device, dtype=dtype)
+        return self._extractor
+
+    def backbone(self, *, device: str | None = None, dtype: str | None = None):
+        """The backbone that made the features (loaded on first use, from `model` given to
+        `open` or else the recorded location), checked against the index."""
+        return self.extractor(device=device, dtype=dtype).backbone()
+
+    def embedder(self):
+        """The embedder that embedded the documents (loaded on first use)."""
+        if not self.has_embeddings:
+            raise NagError(f"index {self.path} has no embeddings; build it with --embedder")
+        return self.extractor().embedder()
 
     def compact(self, progress: bool = False) -> None:
         """Fold all segments into as few as possible, drop replaced rows, and rewrite the

@@ -187,3 +187,11 @@ def test_in_package_imports_are_lazy_only_for_heavy_libraries():
                     if not heavy(target):
                         light.append(f"{m}:{node.lineno} imports {target} inside a function; it loads no heavy library")
     assert not light, "\n".join(sorted(light))
+
+
+def test_the_store_loads_no_model():
+    """Model loading (backbone, embedder) lives in the extraction layer's `Extractor`; the store
+    reads and writes an index and never imports nagindex.extraction."""
+    bad = sorted(f"{m} imports {d}" for m, deps in graph().items() if m.startswith("nagindex.store")
+                 for d in deps if d.startswith("nagindex.extraction"))
+    assert not bad, "\n".join(bad)

@@ -20,8 +20,9 @@ import numpy as np
 
 from nagindex import io as nio
 from nagindex.errors import NagError
-from nagindex.extraction.backbones import Backbone, load_backbone
-from nagindex.extraction.features import count_tokens, extract_texts, feature_spec
+from nagindex.extraction.backbones import Backbone
+from nagindex.extraction.extractor import extractor_for
+from nagindex.extraction.features import count_tokens
 from nagindex.progress import silence_library_bars
 from nagindex.schemas import (
     DEFAULT_MAX_LENGTH,
@@ -132,8 +133,8 @@ def extract_files(
     if total == 0:
         raise NagError("no documents to extract in " + ", ".join(map(str, paths)))
 
-    backbone = model if isinstance(model, Backbone) else load_backbone(model, device=device, dtype=dtype)
-    spec = feature_spec(backbone, types, top_k, max_length)
+    extractor = extractor_for(model, neuron_types=types, top_k=top_k, max_length=max_length, device=device, dtype=dtype)
+    backbone, spec = extractor.backbone(), extractor.spec
     identities = [_file_identity(p) for p in paths]
     final_key = _job_key(spec.to_dict(), identities, fmt, strict, "final")
     summary = dict(out=str(out), documents=total, skipped=skipped, spec=spec, shards=0, shards_reused=0)
@@ -166,7 +167,7 @@ def extract_files(
             continue
         chunk = tables[fi].slice(start, length)
         texts = chunk.column("doc").to_pylist()
-        feats = extract_texts(backbone, texts, neuron_types=types, top_k=top_k, max_length=max_length, batch_size=batch_size, progress=progress)
+        feats = extractor.extract(texts, batch_size=batch_size, progress=progress)
         token_num = chunk.column("token_num").to_numpy(zero_copy_only=False) if "token_num" in chunk.column_names else None
         token_num = _fill_token_num(backbone, texts, token_num)
         nio.write_features_parquet(

@@ -43,8 +43,6 @@ def load_text_target(index, source, *, neuron_type: str, target_filter=None, tar
     `texts`, strings given as such) and extract their NAG with the index's own
     backbone and settings (K, max_length); with `embed`, also their embeddings
     with the index's embedder."""
-    from nagindex.extraction.features import extract_texts
-
     if texts is not None:
         name = name or "texts"
         docs = texts_table(texts, name)
@@ -54,18 +52,10 @@ def load_text_target(index, source, *, neuron_type: str, target_filter=None, tar
     docs = _filter_rows(docs, target_filter, target_filter_col, name)
     if docs.num_rows == 0:
         raise NagError(f"the target {name} is empty" + (" after filtering" if target_filter is not None else ""))
-    spec = index.spec
     texts = docs.column(TEXT).to_pylist()
-    feats = extract_texts(
-        index.backbone(),
-        texts,
-        neuron_types=(neuron_type,),
-        top_k=spec.top_k,
-        max_length=spec.max_length,
-        batch_size=batch_size,
-        progress=progress,
-    )
-    vectors = index.embedder().encode(texts) if embed else None
+    extractor = index.extractor()  # the index's backbone (and embedder), loaded once and checked
+    feats = extractor.extract(texts, neuron_types=(neuron_type,), batch_size=batch_size, progress=progress)
+    vectors = extractor.embed(texts) if embed else None
     return Target(name, feats[neuron_type], vectors)
 
 
