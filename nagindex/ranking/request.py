@@ -34,10 +34,11 @@ SCORING_KEYS = ("power", "layers", "weighting", "discount", "top_k", "mode", "em
 def check_shares(fraction: float | None, top: int | None) -> tuple[float | None, int | None]:
     """(fraction, top) with the default fraction where neither is given."""
     if top is not None and fraction is not None:
-        raise NagError("give either --fraction or --top, not both")
+        raise NagError("give either fraction or top, not both", param="top",
+                       cli="give either --fraction or --top, not both")
     if top is not None:
         if int(top) < 1:
-            raise NagError(f"--top must be at least 1, got {top}")
+            raise NagError.for_param("top", f"must be at least 1, got {top}")
         return None, int(top)
     return selection.check_fraction(DEFAULT_FRACTION if fraction is None else fraction), None
 
@@ -139,7 +140,8 @@ class QueryRequest:
             raise TypeError(f"unknown query option(s): {', '.join(unknown)}")
         fraction, top = check_shares(fraction, top)
         if each and dedupe:
-            raise NagError("--dedupe mixes targets; with --each every target keeps its own selection")
+            raise NagError("dedupe mixes targets; with each every target keeps its own selection", param="dedupe",
+                           cli="--dedupe mixes targets; with --each every target keeps its own selection")
         if scoring_options is not None and preset is not None:
             raise NagError("give either scoring options or a preset, not both")
         if plan not in PLANS:

@@ -25,8 +25,10 @@ def test_request_is_frozen_and_holds_resolved_choices():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(fraction=0.2, top=3), "either --fraction or --top"),
-    (dict(each=True, dedupe=True), "--dedupe"),
+    (dict(fraction=0.2, top=3), "either fraction or top"),
+    (dict(each=True, dedupe=True), "dedupe mixes"),
+    (dict(top=0), "^top must be at least 1"),
+    (dict(fraction=1.5), r"^fraction must be in \(0, 1\]"),
     (dict(power=-1.0), "power"),
     (dict(plan="fastest"), "unknown plan"),
     (dict(preset="best"), "unknown preset"),
