@@ -2,7 +2,7 @@
 
 Layers, lowest first (docs/architecture.md draws them):
 base (errors, schemas, atomic, io) -> extraction -> store -> ranking -> engines
--> api -> analysis, demo -> cli. A module may import its own layer or lower
+-> api -> analysis, demo -> service -> cli. A module may import its own layer or lower
 ones. Every in-package import counts, also those inside functions (the lazy
 imports of heavy libraries are third-party and not checked).
 """
@@ -25,7 +25,8 @@ LAYERS = {
     "nagindex.engines": 4,
     "nagindex.api": 5,
     "nagindex.analysis": 6, "nagindex.demo": 6,
-    "nagindex.cli": 7, "nagindex.__main__": 7,
+    "nagindex.service": 7,
+    "nagindex.cli": 8, "nagindex.__main__": 8,
 }
 
 

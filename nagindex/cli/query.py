@@ -117,6 +117,10 @@ def query(
                               "--top, not a share of it), all from one pass over the pool; the output holds every "
                               "selection with a target column naming it. Default: several TARGETs make one mixture."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object instead of text."),
+    server: Optional[str] = typer.Option(
+        None, "--server", envvar="NAG_SERVER", help="Send the query to a running `nag serve` at this URL (or "
+        "$NAG_SERVER) instead of opening the index here: its models are loaded already. TARGET files are read "
+        "by the server (their absolute paths are sent); --target-features files are sent whole."),
     as_of: Optional[str] = typer.Option(None, "--as-of", help="Query the index as it was at this version (a number "
                                         "from `nag index versions`, or a tag from `nag index tag`). Default: the current one."),
 ) -> None:
@@ -152,16 +156,26 @@ def query(
         progress=progress,
         each=each,
     )
-    result = Index.open(index_dir, model=model, version=as_of).run_query(request, engine=engine)
+    if server:
+        from nagindex.service.client import Client
+
+        if model is not None:
+            raise NagError("--model: a server queries with the backbone it holds; leave --model out with --server")
+        if engine != "local":
+            raise NagError("--engine: a server queries where it runs; leave --engine out with --server")
+        result = Client(server).run_query(request, as_of=as_of, index=index_dir.absolute())
+    else:
+        result = Index.open(index_dir, model=model, version=as_of).run_query(request, engine=engine)
     _write(result, out)
     summary = dict(result.summary)
     if as_json:
         import json
 
-        summary.update(out=str(out), plans=[{"target": p.target, "path": p.path, "why": p.describe()}
-                                            for p in result.plans])
+        if not server:
+            summary.update(plans=[{"target": p.target, "path": p.path, "why": p.describe()} for p in result.plans])
+        summary.update(out=str(out))
         typer.echo(json.dumps(summary, default=str))
         return
-    if not explain_plan:
+    if not explain_plan and not server:
         summary["plans"] = [p.target + ": " + p.path for p in result.plans]
     typer.echo(format_summary(summary, out))

@@ -12,6 +12,7 @@ time. Loading is lazy: an extractor costs nothing until text arrives.
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Any, Sequence
 
 import numpy as np
@@ -61,6 +62,9 @@ class Extractor:
         self._what = what
         self._backbone = None
         self._embedder = None
+        # one extraction at a time: the forward hooks of a capture belong to the model (a service's
+        # threads share one extractor)
+        self._lock = threading.RLock()
         if _is_backbone(model):
             self._backbone = self._checked(model)
 
@@ -72,6 +76,12 @@ class Extractor:
     def backbone(self):
         """The backbone (loaded on first use, from `model` or else the recorded location),
         its weights and features checked against the spec."""
+        if self._backbone is not None:
+            return self._backbone
+        with self._lock:
+            return self._load_backbone()
+
+    def _load_backbone(self):
         if self._backbone is None:
             from nagindex.extraction.backbones import load_backbone
 
@@ -123,6 +133,10 @@ class Extractor:
         """The embedder (loaded on first use), checked to make vectors of the expected width."""
         if self._embedder_ref is None:
             raise NagError("this index has no embeddings; build it with --embedder")
+        with self._lock:
+            return self._load_embedder()
+
+    def _load_embedder(self):
         if self._embedder is None:
             embedder = load_embedder(self._embedder_ref)
             if self._embedding_dim is not None and embedder.dim != self._embedding_dim:
@@ -149,8 +163,10 @@ class Extractor:
         from nagindex.extraction.features import extract_texts
 
         spec = self.spec
-        return extract_texts(self.backbone(), list(texts), neuron_types=tuple(neuron_types or spec.neuron_types),
-                             top_k=spec.top_k, max_length=spec.max_length, batch_size=batch_size, progress=progress)
+        with self._lock:
+            return extract_texts(self.backbone(), list(texts), neuron_types=tuple(neuron_types or spec.neuron_types),
+                                 top_k=spec.top_k, max_length=spec.max_length, batch_size=batch_size,
+                                 progress=progress)
 
     def count_tokens(self, texts: Sequence[str]) -> np.ndarray:
         """int64 token counts of `texts` with the backbone's tokenizer (no truncation)."""
@@ -160,7 +176,8 @@ class Extractor:
 
     def embed(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """(n, dim) float32 unit vectors of `texts`."""
-        return self.embedder().encode(list(texts), batch_size=batch_size, progress=progress)
+        with self._lock:
+            return self.embedder().encode(list(texts), batch_size=batch_size, progress=progress)
 
     def batches(self, documents, *, text_column: str = "doc", batch_size: int = 32):
         """(table, features) for each table of `documents`, in order."""
