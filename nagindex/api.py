@@ -8,6 +8,7 @@ here, once, by name (`engines.get_engine`); nothing below asks which one runs.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -23,10 +24,12 @@ from nagindex.extraction.embedder import load_embedder
 from nagindex.extraction.extractor import Extractor
 from nagindex.progress import silence_library_bars
 from nagindex.ranking.query import run_query
+from nagindex.ranking.options import ScoringOptions
 from nagindex.ranking.request import QueryRequest
 from nagindex.schemas import (
     BACKBONE_LOCATION_KEY,
     DEFAULT_INDEX_TOP_K,
+    DOCID,
     DEFAULT_MAX_LENGTH,
     DEFAULT_NEURON_TYPE,
     DEFAULT_TOP_K,
@@ -44,6 +47,9 @@ from nagindex.store.verify import check_index, check_path
 from nagindex.store.writer import AppendResult
 
 __all__ = ["Index", "AppendResult"]
+
+# `FeatureSpec.extra` key of the scoring preset an index was built for (its queries' default).
+QUERY_PRESET_KEY = "query_preset"
 
 # Fewest documents read per batch from the pools: progress moves at least this often.
 PROGRESS_ROWS = 512
@@ -90,6 +96,7 @@ class Index(IndexSnapshot):
         dtype: str | None = None,
         postings: bool = False,
         embedder: Any = None,
+        preset: str | None = None,
     ) -> "Index":
         """Index the documents of `pools`: files, directories, globs, or tables in memory
         (pyarrow Table/Dataset, pandas or polars DataFrame, `datasets.Dataset`), in any mix.
@@ -111,6 +118,8 @@ class Index(IndexSnapshot):
         recommended K (`DEFAULT_INDEX_TOP_K`, or the layer width where that is
         smaller; imported features keep theirs). `embedder` (a name, a model
         directory or a loaded `Embedder`) also stores an embedding per document.
+        `preset="paper"` is recorded: the index's queries then score as the paper
+        does unless they name another preset.
         """
         from nagindex.extraction.backbones import Backbone
 
@@ -140,6 +149,9 @@ class Index(IndexSnapshot):
             if top_k is None:
                 top_k = _default_top_k(feature_spec(backbone, neuron_types, 1, max_length), neuron_types)
             spec = feature_spec(backbone, neuron_types, top_k, max_length)
+        if preset not in (None, "default"):
+            ScoringOptions.from_preset(preset)  # a bad name is refused before any work
+            spec = dataclasses.replace(spec, extra={**spec.extra, QUERY_PRESET_KEY: preset})
         tmp = writer.build_directory(path)  # stale ones of killed builds of `path` are removed
         try:
             index = cls.create(tmp, spec, postings=postings, embedder=embedder)
@@ -187,6 +199,7 @@ class Index(IndexSnapshot):
             silence_library_bars()
         if (pools is None) == (documents is None):
             raise NagError("give either pool files or a documents table to append")
+        pre_skipped = [0]  # docids skipped before extraction
         if documents is not None:
             batches, total = ingest.table_batches(documents, feature_arrays, spec, self.batch_rows), documents.num_rows
             tokens = None
@@ -205,6 +218,9 @@ class Index(IndexSnapshot):
                 _check_feature_files(spec, features)
                 batches = ingest.join_features(docs, ingest.iter_feature_tables(features, self.batch_rows), spec)
             else:
+                if not replace:
+                    # docids already indexed are skipped before extraction, not after it
+                    docs = _not_indexed(docs, self, pre_skipped)
                 if _model is not None:
                     ref = ModelRef(_model, lambda: _model)
                 else:
@@ -214,8 +230,9 @@ class Index(IndexSnapshot):
             tokens = self._token_counter(_model)
             with writer.progress_bar(total, progress, "indexing") as bar:
                 grouped = ingest.regroup(batches, self.batch_rows, bar.update)
-                return writer.append_batches(self, self._embedded(grouped, batch_size), replace=replace,
-                                             count_tokens=tokens, progress=False)
+                result = writer.append_batches(self, self._embedded(grouped, batch_size), replace=replace,
+                                               count_tokens=tokens, progress=False)
+            return dataclasses.replace(result, skipped=result.skipped + pre_skipped[0])
         return writer.append_batches(self, self._embedded(batches, batch_size), replace=replace, count_tokens=tokens,
                                      progress=progress, total=total)
 
@@ -262,6 +279,11 @@ class Index(IndexSnapshot):
             vectors = embedder.encode(docs.column(TEXT).to_pylist(), batch_size=batch_size)
             column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), embedder.dim)
             yield docs.append_column(EMBEDDING, column), feats
+
+    @property
+    def query_preset(self) -> str | None:
+        """The scoring preset this index's queries take when they name none (`build(preset=...)`)."""
+        return self.spec.extra.get(QUERY_PRESET_KEY)
 
     def extractor(self, *, device: str | None = None, dtype: str | None = None) -> Extractor:
         """This index's backbone and embedder, loaded on first use and checked against it (`device`
@@ -343,6 +365,24 @@ class Index(IndexSnapshot):
             return count_tokens(backbone.tokenizer, texts)
 
         return count
+
+
+def _not_indexed(docs, index: "Index", skipped: list[int]):
+    """The document batches without the docids `index` already holds (counted in `skipped[0]`)."""
+    import pyarrow.compute as pc
+
+    live = None
+    for table in docs:
+        if live is None:
+            live = index._live_docids()[0] if index.num_rows else pa.array([], pa.string())
+        if len(live):
+            present = pc.is_in(table.column(DOCID), value_set=live)
+            n = pc.sum(present).as_py() or 0
+            if n:
+                skipped[0] += n
+                table = table.filter(pc.invert(present))
+        if table.num_rows:
+            yield table
 
 
 def _default_top_k(spec: FeatureSpec, neuron_types) -> int:

@@ -1,0 +1,89 @@
+"""The README's paths, true as written (issue #21, item 5)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from typer.testing import CliRunner
+
+from nagindex import Index
+from nagindex.cli import app
+from nagindex.ranking.options import ScoringOptions
+
+from test_index_cli import features_for, write_inputs
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def nag(*args):
+    return CliRunner().invoke(app, [*map(str, args)])
+
+
+def test_index_compact_json(tmp_path):
+    pool, feats, _ = write_inputs(tmp_path, "pool", [f"a{i}" for i in range(6)], 1)
+    more, more_feats, _ = write_inputs(tmp_path, "more", ["a1", "b1"], 2)
+    assert nag("index", "build", tmp_path / "idx", pool, "--features", feats, "--embedder", "none",
+               "--no-progress").exit_code == 0
+    assert nag("index", "append", tmp_path / "idx", more, "--features", more_feats, "--replace",
+               "--no-progress").exit_code == 0
+    res = nag("index", "compact", tmp_path / "idx", "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output.strip().splitlines()[-1])
+    assert report["before"]["replaced_rows"] == 1 and report["after"]["replaced_rows"] == 0
+    assert report["after"]["documents"] == 7 and report["after"]["segments"] <= report["before"]["segments"]
+
+
+def test_paper_preset_index_queries_with_paper_scoring_by_default(tmp_path):
+    pool, feats, all_feats = write_inputs(tmp_path, "pool", [f"a{i}" for i in range(30)], 3)
+    res = nag("index", "build", tmp_path / "idx", pool, "--features", feats, "--preset", "paper", "--no-progress")
+    assert res.exit_code == 0, res.output
+    from nagindex.io import write_features_parquet
+    from test_index_cli import SPEC
+
+    write_features_parquet(tmp_path / "t.parquet", ["t0", "t1", "t2"], {"fwd_up": all_feats[:3]}, SPEC)
+    runs = {}
+    for name, flags in (("plain", ()), ("paper", ("--preset", "paper")), ("default", ("--preset", "default"))):
+        res = nag("query", tmp_path / "idx", "--target-features", tmp_path / "t.parquet", "--top", "9", "--json",
+                  "--out", tmp_path / f"{name}.parquet", "--no-progress", *flags)
+        assert res.exit_code == 0, res.output
+        runs[name] = json.loads(res.output)["scoring"]
+    assert runs["plain"] == runs["paper"] == ScoringOptions.paper().describe("nag")
+    assert runs["default"] != runs["paper"]
+    assert Index.open(tmp_path / "idx").query_preset == "paper"
+
+
+def test_reappend_skips_indexed_docids_before_extraction(tmp_path, tiny_llama, monkeypatch):
+    from nagindex.extraction.extractor import Extractor
+
+    docs = pa.table({"docid": ["a", "b", "c"], "doc": ["one cat", "two dogs", "three birds"], "token_num": [2, 2, 2]})
+    pq.write_table(docs, tmp_path / "pool.parquet")
+    index = Index.build(tmp_path / "idx", [tmp_path / "pool.parquet"], model=tiny_llama, top_k=3, max_length=16,
+                        progress=False)
+    seen = []
+    real = Extractor.extract
+    monkeypatch.setattr(Extractor, "extract", lambda self, texts, **kw: (seen.extend(texts), real(self, texts, **kw))[1])
+    pq.write_table(pa.table({"docid": ["b", "d", "c"], "doc": ["two dogs", "four fish", "three birds"],
+                             "token_num": [2, 2, 2]}), tmp_path / "more.parquet")
+    again = Index.open(tmp_path / "idx", model=tiny_llama)
+    result = again.append([tmp_path / "more.parquet"], progress=False)
+    assert (result.added, result.skipped) == (1, 2)
+    assert seen == ["four fish"]  # the indexed ones were never extracted
+    assert Index.open(tmp_path / "idx").num_documents == 4
+    del index
+
+
+def test_readme_python_needs_no_package_the_setup_does_not_install():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    imported = {m.group(1).split(".")[0] for b in blocks for m in re.finditer(r"^\s*(?:import|from)\s+([\w.]+)", b, re.M)}
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    project = (ROOT / "pyproject.toml").read_text()
+    core = project.split("dependencies = [", 1)[1].split("]", 1)[0]
+    for name in imported - {"nagindex"}:
+        assert name in core or name in setup.split("--test", 1)[0] or name in ("pyarrow", "numpy"), \
+            f"the README's Python imports {name}, which `scripts/setup.sh` does not install"
