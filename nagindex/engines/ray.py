@@ -317,6 +317,20 @@ def extract_batches(
     if not refs:
         return
     ctx = ray.data.DataContext.get_current()
+    # Blocks must come back in input order, so the index's rows are in the same
+    # order as with the local engine (ROW checks it). A dataset takes the context
+    # as it is when it is built: the order is asked for before that.
+    old = ctx.execution_options.preserve_order
+    ctx.execution_options.preserve_order = True
+    try:
+        yield from _ordered_features(ray, ctx, refs, n, source, plan, spec, neuron_types, top_k, max_length,
+                                     batch_size, text_column)
+    finally:
+        ctx.execution_options.preserve_order = old
+
+
+def _ordered_features(ray, ctx, refs, n, source, plan, spec, neuron_types, top_k, max_length, batch_size,
+                      text_column):
     ds = ray.data.from_arrow_refs(refs).map_batches(
         FeatureExtractor,
         fn_constructor_kwargs=dict(
@@ -336,10 +350,6 @@ def extract_batches(
         num_gpus=plan.gpus_per_worker or None,
         num_cpus=plan.cpus_per_worker,
     )
-    # Blocks come back in input order, so the index's rows are in the same
-    # order as with the local engine; ROW checks it.
-    old = ctx.execution_options.preserve_order
-    ctx.execution_options.preserve_order = True
     expected = 0
     try:
         for out in ds.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -359,8 +369,6 @@ def extract_batches(
         if err is exc:
             raise
         raise err from None
-    finally:
-        ctx.execution_options.preserve_order = old
     if expected != n:
         raise RuntimeError(f"ray extraction returned {expected} of {n} rows")
 
