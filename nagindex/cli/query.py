@@ -45,7 +45,8 @@ def format_summary(summary: dict, out: Path | None) -> str:
     if dmin is not None:
         lines.append(f"nag_distance {dmin:.6f} .. {dmax:.6f}")
     if summary.get("scoring"):
-        lines.append(f"scored by {summary['scoring']}")
+        lines.append(f"scored by {summary['scoring']}"
+                     + (f" ({summary['mode']}: {summary['mode_reason']})" if summary.get("mode_reason") else ""))
     targets = ", ".join(f"{name} ({n} docs)" for name, n in summary["targets"].items())
     lines.append(f"targets: {targets}")
     if summary.get("missing_quality"):

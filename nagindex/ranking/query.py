@@ -188,6 +188,7 @@ def run_query(index, request: QueryRequest | Any = (), *, engine: Any = None, **
         "plans": [p.describe() for p in plans],
         "scoring": opts.describe(mode),
         "mode": mode,
+        "mode_reason": mode_reason(opts.mode, mode, index, loaded),
     }
     return QueryResult(index, chosen, with_text=req.with_text, plans=plans, summary=summary)
 
@@ -210,6 +211,19 @@ def resolve_mode(mode: str, index, targets: Sequence[Target]) -> str:
         missing = [t.name for t in targets if t.embeddings is None]
         raise NagError(f"--mode {mode} needs the targets' text to embed; {', '.join(missing)} came as features only")
     return mode
+
+
+def mode_reason(asked: str, mode: str, index, targets: Sequence[Target]) -> str:
+    """Why the query ran in `mode`: asked for, or what `auto` found."""
+    if asked != "auto":
+        return f"--mode {asked} was asked for"
+    if mode == "fusion":
+        return "the index and every target have embeddings"
+    if not _has_embeddings(index):
+        return "the index has no embeddings (built without --embedder)"
+    missing = [t.name for t in targets if t.embeddings is None]
+    return (f"{', '.join(missing)} came as features without embeddings (text targets, or features from "
+            "`nag extract --embedder`, are fused with the embedding)")
 
 
 @dataclass
@@ -262,7 +276,7 @@ def load_targets(index, request: QueryRequest, *, embed: bool = False) -> list[T
     for i, item in enumerate(items):
         keep = dict(target_filter=filters[i], target_filter_col=target_filter_col)
         if isinstance(item, tuple) and len(item) == 2 and item[0] == "features":
-            loaded.append(load_feature_target(index, item[1], neuron_type=neuron_type, **keep))
+            loaded.append(load_feature_target(index, item[1], neuron_type=neuron_type, embed=embed, **keep))
         elif isinstance(item, tuple) and len(item) == 3 and item[0] == "texts":
             loaded.append(load_text_target(index, None, texts=item[2], name=item[1], neuron_type=neuron_type,
                                            batch_size=batch_size, progress=progress, embed=embed, **keep))

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from typer.testing import CliRunner
 
 from nagindex import Index
@@ -87,3 +88,36 @@ def test_readme_python_needs_no_package_the_setup_does_not_install():
     for name in imported - {"nagindex"}:
         assert name in core or name in setup.split("--test", 1)[0] or name in ("pyarrow", "numpy"), \
             f"the README's Python imports {name}, which `scripts/setup.sh` does not install"
+
+
+def test_extract_defaults_to_the_index_k_and_writes_embeddings_that_fuse(tmp_path, tiny_llama):
+    from nagindex.errors import NagError
+    from nagindex.extraction.features import feature_spec
+    from nagindex.extraction.jobs import extract_files
+    from nagindex.schemas import DEFAULT_INDEX_TOP_K
+
+    texts = ["a cat purrs", "the market fell", "dogs bark at night", "rates rose again"]
+    pool = pa.table({"docid": [f"d{i}" for i in range(8)], "doc": texts * 2, "token_num": [3] * 8})
+    index = Index.build(tmp_path / "idx", pool, model=tiny_llama, top_k=3, max_length=16, embedder="hash:16",
+                        progress=False)
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"docid": f"t{i}", "text": t}) + "\n"
+                                              for i, t in enumerate(texts[:2])))
+    # K: what `nag index build` keeps by default
+    out = extract_files([tmp_path / "t.jsonl"], tmp_path / "k.parquet", model=tiny_llama, top_k=None, max_length=16,
+                        progress=False)
+    width = feature_spec(tiny_llama).width("fwd_up")
+    assert out["spec"].top_k == min(DEFAULT_INDEX_TOP_K, width)
+    with pytest.raises(NagError, match="nag extract --top-k 3"):
+        index.query(target_features=[str(tmp_path / "k.parquet")], top=2)
+    # with the index's embedder, feature targets are fused like text ones
+    extract_files([tmp_path / "t.jsonl"], tmp_path / "f.parquet", model=tiny_llama, top_k=3, max_length=16,
+                  embedder="hash:16", progress=False)
+    by_features = index.run_query(target_features=[str(tmp_path / "f.parquet")], top=5)
+    by_text = index.run_query([str(tmp_path / "t.jsonl")], top=5)
+    assert by_features.summary["mode"] == by_text.summary["mode"] == "fusion"
+    assert by_features.table.column("docid").to_pylist() == by_text.table.column("docid").to_pylist()
+    # without them the summary says which mode ran and why
+    extract_files([tmp_path / "t.jsonl"], tmp_path / "n.parquet", model=tiny_llama, top_k=3, max_length=16,
+                  progress=False)
+    plain = index.run_query(target_features=[str(tmp_path / "n.parquet")], top=5)
+    assert plain.summary["mode"] == "nag" and "without embeddings" in plain.summary["mode_reason"]
