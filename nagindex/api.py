@@ -24,7 +24,7 @@ from nagindex.extraction.embedder import load_embedder
 from nagindex.extraction.extractor import Extractor
 from nagindex.progress import silence_library_bars
 from nagindex.ranking.query import run_query
-from nagindex.ranking.options import ScoringOptions
+from nagindex.ranking.options import ScoringOptions, build_settings
 from nagindex.ranking.request import QueryRequest
 from nagindex.schemas import (
     BACKBONE_LOCATION_KEY,
@@ -50,6 +50,9 @@ __all__ = ["Index", "AppendResult"]
 
 # `FeatureSpec.extra` key of the scoring preset an index was built for (its queries' default).
 QUERY_PRESET_KEY = "query_preset"
+
+# `Index.build`'s default embedder: what `nag index build` embeds with (`build_settings`).
+DEFAULT_EMBEDDING = "default"
 
 # Fewest documents read per batch from the pools: progress moves at least this often.
 PROGRESS_ROWS = 512
@@ -84,7 +87,7 @@ class Index(IndexSnapshot):
         model: Any = None,
         features: Sequence[str | os.PathLike] | str | os.PathLike | None = None,
         fmt: str = "auto",
-        top_k: int | None = DEFAULT_TOP_K,
+        top_k: int | None = None,
         neuron_types: Sequence[str] | str = (DEFAULT_NEURON_TYPE,),
         max_length: int = DEFAULT_MAX_LENGTH,
         num_layers: int | None = None,
@@ -95,7 +98,7 @@ class Index(IndexSnapshot):
         device: str | None = None,
         dtype: str | None = None,
         postings: bool = False,
-        embedder: Any = None,
+        embedder: Any = DEFAULT_EMBEDDING,
         preset: str | None = None,
     ) -> "Index":
         """Index the documents of `pools`: files, directories, globs, or tables in memory
@@ -120,7 +123,14 @@ class Index(IndexSnapshot):
         directory or a loaded `Embedder`) also stores an embedding per document.
         `preset="paper"` is recorded: the index's queries then score as the paper
         does unless they name another preset.
+
+        The defaults are `nag index build`'s (`ranking.options.build_settings`):
+        K = 100 (or the layer width where smaller) and an all-MiniLM-L6-v2
+        embedding per document; `preset="paper"`: K = 20 and no embedding.
+        `embedder=None` (or "none") stores no embedding.
         """
+        top_k, embedder = build_settings(
+            preset, top_k, None if isinstance(embedder, str) and embedder == DEFAULT_EMBEDDING else ("none" if embedder is None else embedder))
         from nagindex.extraction.backbones import Backbone
 
         if not progress:

@@ -72,7 +72,7 @@ def world(tmp_path_factory):
     pool = root / "pool.parquet"
     pq.write_table(pa.Table.from_pylist(_docs(45, 0)), pool)
     index_dir = root / "index"
-    Index.build(index_dir, [pool], model=str(model_dir), top_k=K, progress=False)
+    Index.build(index_dir, [pool], model=str(model_dir), top_k=K, progress=False, embedder=None)
     target = root / "target.jsonl"
     target.write_text("".join(json.dumps({"id": f"t{i}", "text": r["doc"]}) + "\n"
                               for i, r in enumerate(_docs(12, 5)) if r["dataset"] == "beta"))

@@ -64,7 +64,7 @@ def test_reappend_skips_indexed_docids_before_extraction(tmp_path, tiny_llama, m
     docs = pa.table({"docid": ["a", "b", "c"], "doc": ["one cat", "two dogs", "three birds"], "token_num": [2, 2, 2]})
     pq.write_table(docs, tmp_path / "pool.parquet")
     index = Index.build(tmp_path / "idx", [tmp_path / "pool.parquet"], model=tiny_llama, top_k=3, max_length=16,
-                        progress=False)
+                        progress=False, embedder=None)
     seen = []
     real = Extractor.extract
     monkeypatch.setattr(Extractor, "extract", lambda self, texts, **kw: (seen.extend(texts), real(self, texts, **kw))[1])
@@ -121,3 +121,24 @@ def test_extract_defaults_to_the_index_k_and_writes_embeddings_that_fuse(tmp_pat
                   progress=False)
     plain = index.run_query(target_features=[str(tmp_path / "n.parquet")], top=5)
     assert plain.summary["mode"] == "nag" and "without embeddings" in plain.summary["mode_reason"]
+
+
+def test_index_build_from_python_builds_what_nag_index_build_builds(tmp_path, tiny_llama):
+    from nagindex.extraction.embedder import DEFAULT_EMBEDDER, load_embedder
+
+    tiny_llama.model.save_pretrained(tmp_path / "tiny")
+    tiny_llama.tokenizer.save_pretrained(tmp_path / "tiny")
+    pool = pa.table({"docid": ["a", "b", "c"], "doc": ["one cat", "two dogs", "three birds"], "token_num": [2, 2, 2]})
+    pq.write_table(pool, tmp_path / "pool.parquet")
+    res = nag("index", "build", tmp_path / "cli", tmp_path / "pool.parquet", "--model", tmp_path / "tiny",
+              "--max-length", 16, "--no-progress")
+    assert res.exit_code == 0, res.output
+    py = Index.build(tmp_path / "py", [tmp_path / "pool.parquet"], model=str(tmp_path / "tiny"), max_length=16,
+                     progress=False)
+    cli = Index.open(tmp_path / "cli")
+    assert py.spec.top_k == cli.spec.top_k == min(100, py.spec.width("fwd_up"))
+    assert py.manifest.embedder == cli.manifest.embedder == load_embedder(DEFAULT_EMBEDDER).name
+    assert np.array_equal(py.features(), cli.features())
+    paper = Index.build(tmp_path / "paper", [tmp_path / "pool.parquet"], model=str(tmp_path / "tiny"), max_length=16,
+                        preset="paper", progress=False)
+    assert (paper.spec.top_k, paper.manifest.embedder, paper.query_preset) == (20, None, "paper")

@@ -171,7 +171,7 @@ def local_build(tiny, tmp_path_factory):
     })
     pool = root / "pool.parquet"
     pq.write_table(table, pool)
-    local = Index.build(root / "local", [pool], model=tiny, progress=False, **BUILD)
+    local = Index.build(root / "local", [pool], model=tiny, progress=False, **BUILD, embedder=None)
     return pool, local
 
 
@@ -226,7 +226,7 @@ def test_index_build_with_engine_ray(local_build, tmp_path):
     if "engine" not in inspect.signature(Index.build).parameters:
         pytest.skip("Index.build has no engine parameter yet (store integration pending)")
     pool, local = local_build
-    built = Index.build(tmp_path / "ray", [pool], model=local.backbone(), engine="ray", progress=False, **BUILD)
+    built = Index.build(tmp_path / "ray", [pool], model=local.backbone(), engine="ray", progress=False, **BUILD, embedder=None)
     _same_index(local, built)
 
 

@@ -35,7 +35,7 @@ def test_extractor_refuses_a_backbone_that_makes_other_features(tiny_llama):
 
 def test_index_holds_one_extractor_for_every_text_query(tmp_path, tiny_llama):
     docs = pa.table({"docid": ["a", "b", "c"], "doc": TEXTS, "token_num": [3, 4, 4]})
-    index = Index.build(tmp_path / "idx", docs, model=tiny_llama, top_k=3, max_length=16, progress=False)
+    index = Index.build(tmp_path / "idx", docs, model=tiny_llama, top_k=3, max_length=16, progress=False, embedder=None)
     opened = Index.open(tmp_path / "idx", model=tiny_llama)
     first = opened.extractor()
     opened.query(target_texts=["a cat"], top=1)

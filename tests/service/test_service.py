@@ -127,7 +127,7 @@ def test_bad_requests_are_4xx_and_the_server_goes_on(served, monkeypatch):
 
 
 def test_another_writers_append_and_compaction_are_seen_without_restart(tmp_path, tiny_llama):
-    Index.build(tmp_path / "idx", _docs(0, 8), model=tiny_llama, top_k=K, max_length=LENGTH, progress=False)
+    Index.build(tmp_path / "idx", _docs(0, 8), model=tiny_llama, top_k=K, max_length=LENGTH, progress=False, embedder=None)
     server = BackgroundServer(create_app(tmp_path / "idx", model=tiny_llama))
     try:
         client = Client(server.url)
