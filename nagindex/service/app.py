@@ -21,8 +21,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from nagindex.analysis.explain import embeds
 from nagindex.analysis.explain import explain as explain_row
-from nagindex.analysis.views import target_features_for
+from nagindex.ranking.query import load_targets
 from nagindex.api import Index
 from nagindex.errors import NagError
 from nagindex.service import wire
@@ -179,20 +180,18 @@ def create_app(path: str | os.PathLike, *, model: Any = None, warm: bool = False
         docid = body.pop("docid", None)
         if docid is None:
             raise NagError("docid: give the document to explain")
-        options = {k: body.pop(k) for k in ("fraction", "neighbours", "power") if body.get(k) is not None}
-        neuron_type = body.get("neuron_type") or "fwd_up"
+        neighbours = int(body.pop("neighbours", 5))  # here: the nearest selected documents listed
         staging = Path(tempfile.mkdtemp(prefix="nag-serve-"))
         try:
             req, service = wire.request_from_json(body, staging)
             _check_index(service.get("index"))
             index = served.snapshot(service.get("as_of"))
-            if req.num_targets != 1:
-                raise NagError("explain takes one target")
-            features = req.target_features[0] if req.target_features else None
-            texts = req.target_texts[0][1] if req.target_texts else None
-            feats = target_features_for(index, list(req.targets), target_features=features,
-                                        target_texts=texts, neuron_type=neuron_type, fmt=req.fmt)
-            return wire.to_jsonable(explain_row(index, str(docid), feats, neuron_type=neuron_type, **options))
+            targets = load_targets(index, req, embed=embeds(index, req))
+            if len(targets) != 1:
+                raise NagError(f"explain takes one target, got {len(targets)}")
+            ex = explain_row(index, str(docid), targets[0].features, neuron_type=req.neuron_type,
+                             neighbours=neighbours, request=req, target=targets[0])
+            return wire.to_jsonable(ex)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

@@ -82,7 +82,7 @@ class Client:
 
     def explain(self, docid: str, targets: Any = (), **options) -> dict:
         body = {"docid": docid}
-        extra = {k: options.pop(k) for k in ("fraction", "neighbours", "power", "as_of") if k in options}
+        extra = {k: options.pop(k) for k in ("neighbours", "as_of") if k in options}
         request = QueryRequest.build(targets, **options)
         body.update(wire.request_to_json(request))
         body.update(extra)
