@@ -162,7 +162,7 @@ def worker(args: list[str]) -> None:
     started = time.perf_counter()
     with MemorySampler() as memory:
         if op == "build":
-            index = Index.build(index_dir, pools, features=feats, progress=False)
+            index = Index.build(index_dir, pools, features=feats, progress=False, embedder=None)
         else:
             index = Index.open(index_dir)
             index.append(pools, features=feats, progress=False)

@@ -206,7 +206,7 @@ def build_index(work: Path, n: int, seed: int, zipf: float, tag: str) -> tuple[P
     t_gen, (payload, features) = timed(write_pool, d, n, seed, zipf)
     print(f"  generated {n} docs in {t_gen:.1f} s")
     t_build, _ = timed(Index.build, idx, [payload], features=[features], progress=False,
-                        postings=True)  # (c) compares the lists with the scan
+                        postings=True, embedder=None)  # (c) compares the lists with the scan
     print(f"  built the index in {t_build:.1f} s ({n / t_build:,.0f} docs/s)")
     (d / "done").touch()
     return idx, payload, features, t_build

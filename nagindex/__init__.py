@@ -5,7 +5,7 @@ from nagindex.schemas import FeatureSpec, NEURON_TYPES
 
 __version__ = "0.1.0"
 
-__all__ = ["NagError", "FeatureSpec", "NEURON_TYPES", "Index", "AppendResult", "__version__"]
+__all__ = ["NagError", "FeatureSpec", "NEURON_TYPES", "Index", "AppendResult", "Client", "__version__"]
 
 
 def __getattr__(name: str):
@@ -16,4 +16,8 @@ def __getattr__(name: str):
         from nagindex import api
 
         return getattr(api, name)
+    if name == "Client":  # a client of `nag serve`: no store, no model
+        from nagindex.service.client import Client
+
+        return Client
     raise AttributeError(f"module 'nagindex' has no attribute {name!r}")

@@ -8,6 +8,7 @@ here, once, by name (`engines.get_engine`); nothing below asks which one runs.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -20,11 +21,15 @@ from nagindex.engines import get_engine
 from nagindex.engines.base import ModelRef
 from nagindex.errors import NagError
 from nagindex.extraction.embedder import load_embedder
+from nagindex.extraction.extractor import Extractor
 from nagindex.progress import silence_library_bars
 from nagindex.ranking.query import run_query
+from nagindex.ranking.options import ScoringOptions, build_settings
+from nagindex.ranking.request import QueryRequest
 from nagindex.schemas import (
     BACKBONE_LOCATION_KEY,
     DEFAULT_INDEX_TOP_K,
+    DOCID,
     DEFAULT_MAX_LENGTH,
     DEFAULT_NEURON_TYPE,
     DEFAULT_TOP_K,
@@ -38,11 +43,17 @@ from nagindex.schemas import (
 from nagindex.sources import expand_sources, is_table_like
 from nagindex.store import ingest, writer
 from nagindex.store import versions as index_versions
-from nagindex.store.index import IndexSnapshot, backbone_source
+from nagindex.store.index import IndexSnapshot
 from nagindex.store.verify import check_index, check_path
 from nagindex.store.writer import AppendResult
 
 __all__ = ["Index", "AppendResult"]
+
+# `FeatureSpec.extra` key of the scoring preset an index was built for (its queries' default).
+QUERY_PRESET_KEY = "query_preset"
+
+# `Index.build`'s default embedder: what `nag index build` embeds with (`build_settings`).
+DEFAULT_EMBEDDING = "default"
 
 # Fewest documents read per batch from the pools: progress moves at least this often.
 PROGRESS_ROWS = 512
@@ -50,6 +61,9 @@ PROGRESS_ROWS = 512
 
 class Index(IndexSnapshot):
     """A NAG index directory, opened as one committed snapshot, with the operations on it."""
+
+    # its backbone and embedder, loaded on first use (`extractor`)
+    _extractor: Extractor | None = None
 
     @classmethod
     def create(cls, path: str | os.PathLike, spec: FeatureSpec, *, postings: bool = False,
@@ -62,7 +76,7 @@ class Index(IndexSnapshot):
         loaded = load_embedder(embedder)
         index = cls.open(writer.create_index(path, spec, postings=postings, embedder=loaded.name,
                                              embedding_dim=loaded.dim))
-        index._embedder = loaded
+        index.extractor().use(embedder=loaded)
         return index
 
     @classmethod
@@ -74,7 +88,7 @@ class Index(IndexSnapshot):
         model: Any = None,
         features: Sequence[str | os.PathLike] | str | os.PathLike | None = None,
         fmt: str = "auto",
-        top_k: int | None = DEFAULT_TOP_K,
+        top_k: int | None = None,
         neuron_types: Sequence[str] | str = (DEFAULT_NEURON_TYPE,),
         max_length: int = DEFAULT_MAX_LENGTH,
         num_layers: int | None = None,
@@ -85,7 +99,8 @@ class Index(IndexSnapshot):
         device: str | None = None,
         dtype: str | None = None,
         postings: bool = False,
-        embedder: Any = None,
+        embedder: Any = DEFAULT_EMBEDDING,
+        preset: str | None = None,
         strict: bool = False,
     ) -> "Index":
         """Index the documents of `pools`: files, directories, globs, or tables in memory
@@ -108,7 +123,16 @@ class Index(IndexSnapshot):
         recommended K (`DEFAULT_INDEX_TOP_K`, or the layer width where that is
         smaller; imported features keep theirs). `embedder` (a name, a model
         directory or a loaded `Embedder`) also stores an embedding per document.
+        `preset="paper"` is recorded: the index's queries then score as the paper
+        does unless they name another preset.
+
+        The defaults are `nag index build`'s (`ranking.options.build_settings`):
+        K = 100 (or the layer width where smaller) and an all-MiniLM-L6-v2
+        embedding per document; `preset="paper"`: K = 20 and no embedding.
+        `embedder=None` (or "none") stores no embedding.
         """
+        top_k, embedder = build_settings(
+            preset, top_k, None if isinstance(embedder, str) and embedder == DEFAULT_EMBEDDING else ("none" if embedder is None else embedder))
         from nagindex.extraction.backbones import Backbone
 
         if not progress:
@@ -137,10 +161,14 @@ class Index(IndexSnapshot):
             if top_k is None:
                 top_k = _default_top_k(feature_spec(backbone, neuron_types, 1, max_length), neuron_types)
             spec = feature_spec(backbone, neuron_types, top_k, max_length)
+        if preset not in (None, "default"):
+            ScoringOptions.from_preset(preset)  # a bad name is refused before any work
+            spec = dataclasses.replace(spec, extra={**spec.extra, QUERY_PRESET_KEY: preset})
         tmp = writer.build_directory(path)  # stale ones of killed builds of `path` are removed
         try:
             index = cls.create(tmp, spec, postings=postings, embedder=embedder)
-            index._backbone = backbone
+            if backbone is not None:
+                index.extractor().use(backbone=backbone)
             index.append(pools, features=features, fmt=fmt, progress=progress, batch_size=batch_size,
                          _model=backbone if backbone is not None else (None if features else model),
                          engine=runner, strict=strict)
@@ -149,8 +177,7 @@ class Index(IndexSnapshot):
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         built = cls.open(path)
-        built._backbone = backbone
-        built._embedder = getattr(index, "_embedder", None)
+        built._extractor = index._extractor  # the models loaded for the build stay loaded
         return built
 
     def append(
@@ -188,6 +215,7 @@ class Index(IndexSnapshot):
         if (pools is None) == (documents is None):
             raise NagError("give either pool files or a documents table to append")
         runner = get_engine(engine)  # an unknown name is refused even where no extraction runs
+        pre_skipped = [0]  # docids skipped before extraction
         if documents is not None:
             batches, total = ingest.table_batches(documents, feature_arrays, spec, self.batch_rows), documents.num_rows
             tokens = None
@@ -206,17 +234,21 @@ class Index(IndexSnapshot):
                 _check_feature_files(spec, features)
                 batches = ingest.join_features(docs, ingest.iter_feature_tables(features, self.batch_rows), spec)
             else:
-                source = _model if _model is not None else (
-                    self._backbone or (self._model if self._model is not None else backbone_source(spec)))
-                load = (lambda: _model) if _model is not None else (
-                    lambda: self.backbone(device=device, dtype=dtype))
-                batches = runner.extract_batches(docs, model=ModelRef(source, load), spec=spec,
-                                                 batch_size=batch_size)
+                if not replace:
+                    # docids already indexed are skipped before extraction, not after it
+                    docs = _not_indexed(docs, self, pre_skipped)
+                if _model is not None:
+                    ref = ModelRef(_model, lambda: _model)
+                else:
+                    extractor = self.extractor(device=device, dtype=dtype)
+                    ref = ModelRef(extractor.source, lambda: extractor)
+                batches = runner.extract_batches(docs, model=ref, spec=spec, batch_size=batch_size)
             tokens = self._token_counter(_model)
             with writer.progress_bar(total, progress, "indexing") as bar:
                 grouped = ingest.regroup(batches, self.batch_rows, bar.update)
-                return writer.append_batches(self, self._embedded(grouped, batch_size), replace=replace,
-                                             count_tokens=tokens, progress=False)
+                result = writer.append_batches(self, self._embedded(grouped, batch_size), replace=replace,
+                                               count_tokens=tokens, progress=False)
+            return dataclasses.replace(result, skipped=result.skipped + pre_skipped[0])
         return writer.append_batches(self, self._embedded(batches, batch_size), replace=replace, count_tokens=tokens,
                                      progress=progress, total=total)
 
@@ -267,6 +299,31 @@ class Index(IndexSnapshot):
             column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), embedder.dim)
             yield docs.append_column(EMBEDDING, column), feats
 
+    @property
+    def query_preset(self) -> str | None:
+        """The scoring preset this index's queries take when they name none (`build(preset=...)`)."""
+        return self.spec.extra.get(QUERY_PRESET_KEY)
+
+    def extractor(self, *, device: str | None = None, dtype: str | None = None) -> Extractor:
+        """This index's backbone and embedder, loaded on first use and checked against it (`device`
+        and `dtype` place the backbone when this first call makes the extractor)."""
+        if self._extractor is None:
+            m = self.manifest
+            self._extractor = Extractor(self.spec, model=self._model, embedder=m.embedder,
+                                        embedding_dim=m.embedding_dim, device=device, dtype=dtype)
+        return self._extractor
+
+    def backbone(self, *, device: str | None = None, dtype: str | None = None):
+        """The backbone that made the features (loaded on first use, from `model` given to
+        `open` or else the recorded location), checked against the index."""
+        return self.extractor(device=device, dtype=dtype).backbone()
+
+    def embedder(self):
+        """The embedder that embedded the documents (loaded on first use)."""
+        if not self.has_embeddings:
+            raise NagError(f"index {self.path} has no embeddings; build it with --embedder")
+        return self.extractor().embedder()
+
     def compact(self, progress: bool = False) -> None:
         """Fold all segments into as few as possible, drop replaced rows, and rewrite the
         Lance table compactly. Query results do not change; readers must reopen."""
@@ -287,18 +344,26 @@ class Index(IndexSnapshot):
         """Rank this index against target sets; returns the selection as an Arrow table.
 
         `targets` are raw-text files (extracted with this index's backbone) or,
-        with ``target_features=[...]``, precomputed feature files. Options are
-        those of `nagindex.ranking.query.run_query` (fraction, top, power,
-        layers, ...); `run_query` also returns the summary and the plan.
+        with ``target_features=[...]``, precomputed feature files, or
+        ``target_texts=[...]``; or one `QueryRequest`. Options are those of
+        `QueryRequest.build` (fraction, top, each, dedupe, preset, power,
+        layers, ...), from which this builds the request; `run_query` also
+        returns the summary and the plan.
         """
         return self.run_query(targets, engine=engine, **options).table
 
     def run_query(self, targets=(), *, engine: Any = "local", **options):
-        """`query` with its summary and plan: a `ranking.query.QueryResult`."""
+        """`query` with its summary and plan: a `ranking.query.QueryResult`. `targets` is a
+        `QueryRequest`, or targets with the options that build one."""
 
-        if not options.get("progress", False):
+        request = targets
+        if not isinstance(request, QueryRequest):
+            request = QueryRequest.build(targets, **options)
+        elif options:
+            raise TypeError(f"give a QueryRequest or options, not both ({', '.join(sorted(options))})")
+        if not request.progress:
             silence_library_bars()
-        return run_query(self, targets, engine=get_engine(engine), **options)
+        return run_query(self, request, engine=get_engine(engine))
 
     def _token_counter(self, model: Any) -> Callable[[list[str]], np.ndarray]:
         """Counts tokens of documents that come without token_num, with the model at hand."""
@@ -319,6 +384,24 @@ class Index(IndexSnapshot):
             return count_tokens(backbone.tokenizer, texts)
 
         return count
+
+
+def _not_indexed(docs, index: "Index", skipped: list[int]):
+    """The document batches without the docids `index` already holds (counted in `skipped[0]`)."""
+    import pyarrow.compute as pc
+
+    live = None
+    for table in docs:
+        if live is None:
+            live = index._live_docids()[0] if index.num_rows else pa.array([], pa.string())
+        if len(live):
+            present = pc.is_in(table.column(DOCID), value_set=live)
+            n = pc.sum(present).as_py() or 0
+            if n:
+                skipped[0] += n
+                table = table.filter(pc.invert(present))
+        if table.num_rows:
+            yield table
 
 
 def _default_top_k(spec: FeatureSpec, neuron_types) -> int:

@@ -190,7 +190,6 @@ def run_demo(
     Each target is selected with the default scoring and with the paper's.
     """
     from nagindex.extraction.backbones import Backbone, load_backbone
-    from nagindex.extraction.features import extract_texts
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -203,6 +202,7 @@ def run_demo(
         embedder = demo_embedder()
     index, reused = _open_or_build(index_path, backbone, progress, embedder)
     spec = index.spec
+    extractor = index.extractor().use(backbone=backbone)
 
     distances: dict[str, np.ndarray] = {}
     selected_domains: dict[str, np.ndarray] = {}
@@ -216,9 +216,8 @@ def run_demo(
     domain_of = dict(zip(docids, labels))
     for name, file in DEMO_TARGETS.items():
         texts = pq.read_table(data_path(file), columns=[TEXT]).column(TEXT).to_pylist()
-        feats = extract_texts(backbone, texts, neuron_types=(spec.neuron_types[0],), top_k=spec.top_k,
-                              max_length=spec.max_length, progress=progress)[spec.neuron_types[0]]
-        vectors = index.embedder().encode(texts) if index.has_embeddings else None
+        feats = extractor.extract(texts, neuron_types=(spec.neuron_types[0],), progress=progress)[spec.neuron_types[0]]
+        vectors = extractor.embed(texts) if index.has_embeddings else None
         target = Target(name, feats, vectors)
         # The whole pool ranked (fraction 1) gives every document's distance; the budget
         # query gives the selection that `nag query --fraction` would write.

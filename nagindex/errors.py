@@ -1,24 +1,43 @@
 """The one exception type users see.
 
 Anything raised as `NagError` is a problem with the user's input or
-environment (bad file, incompatible index, ...), never a bug. It subclasses
-the click exception class that typer handles, so that every `nag` command,
-however it is invoked, prints it as a single ``Error: ...`` line and exits
-with code 2, while the Python API raises it like any other exception.
+environment (bad file, incompatible index, ...), never a bug. It is a plain
+exception, so that the Python API, the query service and the CLI each show
+it their own way: the API raises it, the service answers 4xx with its line,
+and the CLI (`cli/app.py`) prints it as a single ``Error: ...`` line and
+exits with code 2. An error about one parameter names it (`param`): the
+Python name in the message, the flag in the CLI's (`cli_message`).
 """
 
-import typer
-
-# Recent typer versions vendor click; take the ClickException class that typer
-# itself catches (the base of its public BadParameter), not the standalone
-# click package's, or the CLI would show a traceback and exit 1.
-_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+from __future__ import annotations
 
 
-class NagError(_ClickException):
+class NagError(Exception):
     """A user-facing error: bad input, incompatible data, unusable path."""
 
     exit_code = 2
+
+    def __init__(self, message: str, *, param: str | None = None, cli: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.cli = cli  # the message in the command line's words, where they differ
+
+    @classmethod
+    def for_param(cls, param: str, text: str) -> "NagError":
+        """An error about parameter `param`: ``"<param> <text>"``, e.g. ``top must be at least 1``."""
+        error = cls(f"{param} {text}", param=param)
+        error.text = text
+        return error
+
+    def cli_message(self) -> str:
+        """The message as the command line says it: a parameter named by its flag."""
+        if self.cli is not None:
+            return self.cli
+        text = getattr(self, "text", None)
+        if self.param is None or text is None:
+            return self.message
+        return f"--{self.param.replace('_', '-')} {text}"
 
     def __str__(self) -> str:
         return self.message

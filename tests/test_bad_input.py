@@ -89,7 +89,7 @@ def test_duplicate_docids_in_feature_parquet_are_refused_on_build_and_append(tmp
     feats = features_for(4)
     write_features_parquet(tmp_path / "f.parquet", ["a", "b", "b", "c"], {"fwd_up": feats}, SPEC)
     with pytest.raises(NagError, match="feature files: 1 docids occur more than once .*'b'"):
-        Index.build(tmp_path / "idx", [pool], features=[tmp_path / "f.parquet"], progress=False)
+        Index.build(tmp_path / "idx", [pool], features=[tmp_path / "f.parquet"], progress=False, embedder=None)
     assert not (tmp_path / "idx").exists()
     index = Index.create(tmp_path / "idx2", SPEC)
     with pytest.raises(NagError, match="occur more than once"):
@@ -138,7 +138,7 @@ def test_a_killed_build_leaves_nothing_after_the_rerun(tmp_path):
     left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".idx.building-")]
     assert len(left) == 1 and not (tmp_path / "idx").exists()
     (tmp_path / ".other.building-1").mkdir()  # another index's: not ours to remove
-    Index.build(tmp_path / "idx", [pool], features=[tmp_path / "f.parquet"], progress=False)
+    Index.build(tmp_path / "idx", [pool], features=[tmp_path / "f.parquet"], progress=False, embedder=None)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".idx.building-")]
     assert (tmp_path / ".other.building-1").exists()
     assert Index.open(tmp_path / "idx").num_documents == 30
@@ -158,7 +158,7 @@ def test_the_loser_of_two_builds_into_one_path_gets_one_line(tmp_path, monkeypat
 
     monkeypatch.setattr(Index, "append", append_while_another_build_finishes)
     with pytest.raises(NagError) as e:
-        Index.build(tmp_path / "idx", [pool], features=[tmp_path / "f.parquet"], progress=False)
+        Index.build(tmp_path / "idx", [pool], features=[tmp_path / "f.parquet"], progress=False, embedder=None)
     assert "was created by another process while this build ran" in str(e.value) and "\n" not in str(e.value)
     assert (tmp_path / "idx" / "manifest.json").read_text() == "{}"
     assert not [p for p in tmp_path.iterdir() if ".building-" in p.name]
@@ -175,7 +175,7 @@ def test_empty_or_garbage_parquet_pool_is_one_line(tmp_path, content):
     ids = ["a", "b"]
     pool = write_pool(tmp_path / "ok.parquet", ids)
     write_features_parquet(tmp_path / "f.parquet", ids, {"fwd_up": features_for(2)}, SPEC)
-    Index.build(tmp_path / "idx", [pool], features=[tmp_path / "f.parquet"], progress=False)
+    Index.build(tmp_path / "idx", [pool], features=[tmp_path / "f.parquet"], progress=False, embedder=None)
     code, _, err = nag("index", "append", tmp_path / "idx", tmp_path / "pool.parquet", "--features", tmp_path / "f.parquet", "--no-progress")
     assert_one_line_error(code, err, "pool.parquet as parquet")
     code, _, err = nag("extract", tmp_path / "pool.parquet", "--out", tmp_path / "out.parquet")
@@ -187,9 +187,9 @@ def test_struct_dataset_column_and_existing_directory_outputs_are_one_line(tmp_p
     pool = write_pool(tmp_path / "pool.parquet", ids, dataset=pa.array([{"x": 1}, {"x": 2}]))
     write_features_parquet(tmp_path / "f.parquet", ids, {"fwd_up": features_for(2)}, SPEC)
     with pytest.raises(NagError, match="'dataset' must be text"):
-        Index.build(tmp_path / "idx", [pool], features=[tmp_path / "f.parquet"], progress=False)
+        Index.build(tmp_path / "idx", [pool], features=[tmp_path / "f.parquet"], progress=False, embedder=None)
     good = write_pool(tmp_path / "good.parquet", ids)
-    Index.build(tmp_path / "idx", [good], features=[tmp_path / "f.parquet"], progress=False)
+    Index.build(tmp_path / "idx", [good], features=[tmp_path / "f.parquet"], progress=False, embedder=None)
     (tmp_path / "outdir").mkdir()
     code, _, err = nag("deactivate", "keys", tmp_path / "idx", "--target-features", tmp_path / "f.parquet", "--out", tmp_path / "outdir")
     assert_one_line_error(code, err, "outdir: it is a directory")
@@ -199,7 +199,7 @@ def test_nag_index_check_from_the_command_line(tmp_path):
     ids = ["a", "b", "c"]
     pool = write_pool(tmp_path / "pool.parquet", ids)
     write_features_parquet(tmp_path / "f.parquet", ids, {"fwd_up": features_for(3)}, SPEC)
-    index = Index.build(tmp_path / "idx", [pool], features=[tmp_path / "f.parquet"], progress=False)
+    index = Index.build(tmp_path / "idx", [pool], features=[tmp_path / "f.parquet"], progress=False, embedder=None)
     code, out, err = nag("index", "check", tmp_path / "idx")
     assert code == 0 and "ok (" in out and "3 rows checked" in out, err
     seg = tmp_path / "idx" / "segments" / index.manifest.segments[0].name / "token_num.i64"
@@ -220,19 +220,19 @@ def test_pools_are_read_as_they_say_with_imported_features(tmp_path):
     empty = write_pool(tmp_path / "empty.parquet", ids)
     pq.write_table(pa.table({"docid": ids, "doc": ["x", ""], "token_num": [1, 2]}), empty)
     with pytest.raises(NagError, match=r"1 documents have empty or non-string text \(first: docid 'b'\)"):
-        Index.build(tmp_path / "i1", [empty], features=f, progress=False)
+        Index.build(tmp_path / "i1", [empty], features=f, progress=False, embedder=None)
     nodoc = tmp_path / "nodoc.parquet"
     pq.write_table(pa.table({"docid": ids, "token_num": [1, 2]}), nodoc)
     with pytest.raises(NagError, match="no 'doc' text column"):
-        Index.build(tmp_path / "i2", [nodoc], features=f, progress=False)
+        Index.build(tmp_path / "i2", [nodoc], features=f, progress=False, embedder=None)
     clash = write_pool(tmp_path / "clash.parquet", ids, fwd_up_feature=["p", "q"])
     with pytest.raises(NagError, match="pool column 'fwd_up_feature' has a name reserved"):
-        Index.build(tmp_path / "i3", [clash], features=f, progress=False)
+        Index.build(tmp_path / "i3", [clash], features=f, progress=False, embedder=None)
     good = write_pool(tmp_path / "good.parquet", ids)
     with pytest.raises(NagError, match="unknown neuron type 'bogus'"):
-        Index.build(tmp_path / "i4", [good], features=f, neuron_types="bogus", progress=False)
+        Index.build(tmp_path / "i4", [good], features=f, neuron_types="bogus", progress=False, embedder=None)
     with pytest.raises(NagError, match="the feature files have no att_q features"):
-        Index.build(tmp_path / "i5", [good], features=f, neuron_types="att_q", progress=False)
+        Index.build(tmp_path / "i5", [good], features=f, neuron_types="att_q", progress=False, embedder=None)
     assert not any((tmp_path / f"i{i}").exists() for i in range(1, 6))
     code, _, err = nag("index", "build", tmp_path / "i6", good, "--features", f[0], "-t", "bogus", "--no-progress")
     assert_one_line_error(code, err, "unknown neuron type 'bogus'")

@@ -48,8 +48,9 @@ def test_explain_refuses_negative_neighbours(tmp_path):
     index = _index(tmp_path)
     from nagindex.analysis.explain import explain
 
-    with pytest.raises(NagError, match="--neighbours must be 0 or more"):
+    with pytest.raises(NagError, match="neighbours must be 0 or more") as error:
         explain(index, "a", features_for(2), neighbours=-1)
+    assert error.value.cli_message().startswith("--neighbours must be 0 or more")  # the CLI names the flag
 
 
 def test_the_strict_that_the_skip_warning_names_exists_in_build_and_append(tmp_path):

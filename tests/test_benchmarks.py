@@ -58,3 +58,11 @@ def test_bench_inverted_smoke_gives_the_scan_answer():
     assert re.search(r"auto: +\S+: (scan|inverted) - ", out)
     # the forced run really read the lists (additive scores), rather than scanning at once
     assert re.search(r"inverted: +\S+: (inverted - |scan - .*fell back)", out), out
+
+
+@pytest.mark.timeout(600)
+def test_bench_service_smoke_answers_as_the_cli_and_survives_load():
+    out = run_script("bench_service.py", "--smoke")
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["same_selection"] and report["server_ok_after_load"]
+    assert report["load"]["requests"] > 0

@@ -40,7 +40,7 @@ def test_every_writer_uses_the_umask(tmp_path, tiny_llama, umask):
     save_keys(outputs[3], DeactivationKeys({0: [1]}, backbone="tiny", num_layers=3, width=64))
     save_deactivated_model(tiny_llama, {0: [1]}, outputs[5])
     index = Index.build(outputs[6], tmp_path / "pool.parquet", model=tiny_llama, top_k=3, max_length=8,
-                        progress=False)
+                        progress=False, embedder=None)
     index.append(tmp_path / "pool.parquet", replace=True, progress=False)
     index.compact()
     for out in outputs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -9,6 +10,9 @@ import numpy as np
 from nagindex.analysis.views import PoolView, pool_view, target_profile
 from nagindex.errors import NagError
 from nagindex.ranking import scoring
+from nagindex.ranking.query import load_targets, run_query
+from nagindex.ranking.request import QueryRequest
+from nagindex.store.index import live_rows
 from nagindex.ranking.selection import check_fraction, rank_order, select_budget
 from nagindex.schemas import DEFAULT_NEURON_TYPE
 
@@ -77,17 +81,54 @@ def budget_count(order: np.ndarray, token_num: np.ndarray, fraction: float) -> i
 
 
 def score_distribution(pool: PoolView, weights: np.ndarray, denominator: int, fraction: float = 0.2) -> dict:
-    """The numbers behind `nag plot scores`: every live document's nag_distance, grouped by
-    `dataset` label, and the distance at the token-budget cut."""
+    """The numbers behind `nag plot scores` with a SPEC profile: every live document's
+    nag_distance, grouped by `dataset` label, and the distance at the token-budget cut."""
     scores = document_scores(pool.features, weights, pool.top_k)
-    distance = 1.0 - scores / float(denominator)
     order = ranking(scores, pool.docids)
-    kept = budget_count(order, pool.token_num, fraction)
+    dist = _distribution(pool, order, 1.0 - scores / float(denominator),
+                         budget_count(order, pool.token_num, fraction), fraction)
+    return {**dist, "scores": scores}
+
+
+def query_ranking(index: Any, request: QueryRequest, target: Any = None) -> dict:
+    """How `nag query` with `request` ranks and cuts the pool, in pool positions (`PoolView` rows):
+    `order` (every live row, best first), `distance` (nag_distance per pool position; NaN where the
+    query's mode computes none), `kept` (how many the query selects), `scoring` and `mode`.
+    `target`: the request's one target already loaded (a `ranking.targets.Target`)."""
+    if target is None:
+        targets = load_targets(index, request, embed=embeds(index, request))
+        if len(targets) != 1:
+            raise NagError(f"explain and plot take one target, got {len(targets)}")
+        target = targets[0]
+    one = dataclasses.replace(request, targets=(target,), target_features=(), target_texts=(), each=False)
+    whole = run_query(index, dataclasses.replace(one, fraction=None, top=max(index.num_documents, 1)))
+    chosen = run_query(index, one)
+    rows = live_rows(index)
+    order = np.searchsorted(rows, whole.selection.rows)
+    distance = np.full(len(rows), np.nan)
+    distance[order] = whole.selection.distance
+    return {"order": order, "distance": distance, "kept": len(chosen.selection), "scoring": whole.summary["scoring"],
+            "mode": whole.summary["mode"]}
+
+
+def embeds(index: Any, request: QueryRequest) -> bool:
+    """Whether the request's targets are embedded (its mode can fuse and the index has embeddings)."""
+    opts = request.scoring_options(getattr(index, "query_preset", None))
+    return opts.mode != "nag" and bool(getattr(index, "has_embeddings", False))
+
+
+def query_distribution(pool: PoolView, ranking_: dict, fraction: float | None) -> dict:
+    """`score_distribution` as `nag query` ranks and cuts (`query_ranking`)."""
+    dist = _distribution(pool, ranking_["order"], ranking_["distance"], ranking_["kept"], fraction)
+    return {**dist, "scores": None, "scoring": ranking_["scoring"]}
+
+
+def _distribution(pool: PoolView, order: np.ndarray, distance: np.ndarray, kept: int, fraction) -> dict:
+    """Distances by label, the selected rows (the first `kept` of `order`) and the distance at the cut."""
     selected = np.zeros(len(pool), dtype=bool)
     selected[order[:kept]] = True
     by_label = {str(lab): distance[pool.labels == lab] for lab in sorted(set(pool.labels.tolist()))}
     return {
-        "scores": scores,
         "distance": distance,
         "selected": selected,
         "cut_distance": float(distance[order[kept - 1]]) if kept else float("nan"),
@@ -131,17 +172,23 @@ def explain_row(
     *,
     fraction: float = 0.2,
     neighbours: int = 5,
+    query: dict | None = None,
 ) -> dict:
-    """Why pool row `row` scored as it did (see `explain`)."""
+    """Why pool row `row` scored as it did (see `explain`). `query` (`query_ranking`): the
+    rank, the cut and the distances are the query's, not the SPEC profile's."""
     if int(neighbours) < 0:  # a negative count would slice the list from its end
-        raise NagError(f"--neighbours must be 0 or more, got {neighbours}")
+        raise NagError.for_param("neighbours", f"must be 0 or more, got {neighbours}")
     L, K = pool.num_layers, pool.top_k
     scores = document_scores(pool.features, weights, K)
     contrib = layer_contributions(pool.features[row : row + 1], weights, K)[0]
-    order = ranking(scores, pool.docids)
+    if query is None:
+        order = ranking(scores, pool.docids)
+        kept = budget_count(order, pool.token_num, fraction)
+        distances = 1.0 - scores / float(denominator)
+    else:
+        order, kept, distances = query["order"], query["kept"], query["distance"]
     position = np.empty(len(pool), dtype=np.int64)
     position[order] = np.arange(len(pool))
-    kept = budget_count(order, pool.token_num, fraction)
     per = per_layer_denominator(denominator, L)
     feat = pool.features[row].astype(np.int64)
     layers = []
@@ -170,7 +217,7 @@ def explain_row(
         "score": int(scores[row]),
         "denominator": int(denominator),
         "similarity": int(scores[row]) / float(denominator),
-        "nag_distance": 1.0 - int(scores[row]) / float(denominator),
+        "nag_distance": float(distances[row]),
         "rank": int(position[row]) + 1,
         "pool_size": len(pool),
         "selected": bool(position[row] < kept),
@@ -183,10 +230,11 @@ def explain_row(
                 "label": str(pool.labels[r]),
                 "overlap": float(ov[int(r)]),
                 "rank": int(position[r]) + 1,
-                "nag_distance": 1.0 - int(scores[r]) / float(denominator),
+                "nag_distance": float(distances[r]),
             }
             for r in nearest
         ],
+        **({"scoring": query["scoring"]} if query is not None else {}),
     }
 
 
@@ -200,8 +248,15 @@ def explain(
     power: float = 1.0,
     fraction: float = 0.2,
     neighbours: int = 5,
+    request: QueryRequest | None = None,
+    target: Any = None,
 ) -> dict:
     """Why document `docid` scored as it did against this target.
+
+    With `request` (a `QueryRequest` of this one target, `target` its loaded
+    `Target`), the rank, the cut, the selection and the distances are those of
+    `nag query` with the same options; the per-layer breakdown is the SPEC
+    profile's with the request's power.
 
     Returns its similarity, nag_distance, rank and whether the token budget
     selects it; per layer, its contribution to the similarity and the neurons
@@ -211,7 +266,15 @@ def explain(
     """
     pool = pool_view(index, neuron_type)
     row = pool.row_of(str(docid))
+    query = None
+    if request is not None:
+        query = query_ranking(index, request, target)
+        power = float(request.scoring_options(getattr(index, "query_preset", None)).power)
+        fraction = request.fraction
     profile = target_profile(index, target_features, neuron_type, power)
-    out = explain_row(pool, row, profile.weights, profile.denominator, fraction=fraction, neighbours=neighbours)
+    out = explain_row(pool, row, profile.weights, profile.denominator, fraction=fraction, neighbours=neighbours,
+                      query=query)
+    if request is not None and request.top is not None:
+        out["top"] = request.top
     out["num_targets"] = int(len(target_features))
     return out

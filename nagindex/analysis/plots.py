@@ -79,7 +79,8 @@ def plot_scores(dist: dict, out: str | os.PathLike, *, title: str = "", size: tu
         ax.hist(values, bins=bins, histtype="stepfilled", alpha=0.45, color=colours[lab],
                 label=f"{lab} (n={len(values)}, selected {chosen})")
     ax.axvline(dist["cut_distance"], color="black", linestyle="--", linewidth=1.5,
-               label=f"budget cut r_f={dist['fraction']:g} (distance {dist['cut_distance']:.4f})")
+               label=(f"budget cut r_f={dist['fraction']:g}" if dist.get("fraction") is not None else
+                      f"cut after the best {int(dist['selected'].sum())}") + f" (distance {dist['cut_distance']:.4f})")
     ax.set_xlabel("nag_distance (lower = closer to the target)")
     ax.set_ylabel("documents")
     ax.set_title(title or "NAG distance to the target, per dataset label")

@@ -5,7 +5,7 @@ them here is what makes the commands exist.
 """
 
 from nagindex.cli.app import app
-from nagindex.cli import extract, index, query, demo, analysis  # noqa: F401, I001  (registration, in help order)
+from nagindex.cli import extract, index, query, serve, demo, analysis  # noqa: F401, I001  (registration, in help order)
 from nagindex.cli.help import teach, version_option
 
 teach(app)

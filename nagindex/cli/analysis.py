@@ -5,6 +5,7 @@ Thin wrappers over `nagindex.analysis` (the numbers) and `nagindex.analysis.plot
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import List, Optional
@@ -14,6 +15,7 @@ import typer
 from nagindex.atomic import check_output_path
 from nagindex.errors import NagError
 from nagindex.schemas import DEFAULT_NEURON_TYPE
+from nagindex.cli import scoring as S
 from nagindex.cli.app import MODEL_HELP, app, deactivate_app, plot_app
 
 
@@ -214,13 +216,54 @@ def deactivate_eval_cmd(
 # -- nag explain --------------------------------------------------------------------
 
 
+def _cut(ex: dict) -> str:
+    return f"--top {ex['top']}" if ex.get("top") is not None else f"budget r_f={ex['fraction']:g}"
+
+
+def _query_request(targets, target_features, fraction, top, neuron_type, fmt, batch_size, progress, scoring: dict):
+    """The QueryRequest `nag query` would build from the same flags (one target)."""
+    from nagindex.ranking.request import QueryRequest
+
+    return QueryRequest.build([str(t) for t in targets or []],
+                              target_features=[str(target_features)] if target_features else None,
+                              fraction=fraction, top=top, neuron_type=neuron_type, fmt=fmt, batch_size=batch_size,
+                              progress=progress, **scoring)
+
+
+def _query_target(index, request):
+    """The one target of `request`, loaded as the query loads it (with embeddings where it fuses)."""
+    from nagindex.analysis.explain import embeds
+    from nagindex.ranking.query import load_targets
+
+    given = [what for what, there in (("TARGET files", bool(request.targets)),
+                                      ("--target-features", bool(request.target_features))) if there]
+    if len(given) > 1:
+        raise NagError(f"give the target one way only, not as {' and '.join(given)}")
+    if not given:
+        raise NagError("no target given: pass TARGET files or --target-features FILE")
+    if len(request.targets) > 1:  # several TARGET files are the shards of one set
+        request = dataclasses.replace(request, targets=(list(request.targets),))
+    target = load_targets(index, request, embed=embeds(index, request))[0]
+    if target.features.ndim != 2 or len(target.features) == 0:
+        raise NagError("the target is empty: no target document has NAG features")
+    return target
+
+
+def _scoring_flags(preset, weighting, power, discount, top_k, layers, mode, embedding_score, neighbours_,
+                   contrast, fusion=None, nag_weight=None) -> dict:
+    return dict(preset=preset, weighting=weighting, power=power, discount=discount, top_k=top_k, layers=layers,
+                mode=mode, embedding_score=embedding_score, neighbours=neighbours_, fusion=fusion,
+                nag_weight=nag_weight, contrast=None if contrast == "none" else contrast)
+
+
 def format_explanation(ex: dict, top_layers: int = 10, top_neurons: int = 8) -> str:
     lines = [
         f"{ex['docid']} (label {ex['label']}): similarity {ex['similarity']:.6f} "
         f"(= {ex['score']}/{ex['denominator']}), nag_distance {ex['nag_distance']:.6f}",
         f"rank {ex['rank']} of {ex['pool_size']}; "
-        + (f"selected (budget r_f={ex['fraction']:g} keeps {ex['selected_count']})" if ex["selected"]
-           else f"not selected (budget r_f={ex['fraction']:g} keeps the first {ex['selected_count']})"),
+        + (f"selected ({_cut(ex)} keeps {ex['selected_count']})" if ex["selected"]
+           else f"not selected ({_cut(ex)} keeps the first {ex['selected_count']})")
+        + (f"; scored by {ex['scoring']}" if ex.get("scoring") else ""),
         "",
         f"layers by contribution (top {top_layers}; share = part of the similarity):",
         f"{'layer':>5} {'contrib':>10} {'share':>7} {'layer sim':>9}  shared neurons (neuron:weight)",
@@ -247,9 +290,23 @@ def explain_cmd(
     docid: str = typer.Argument(..., help="The document to explain."),
     targets: Optional[List[Path]] = typer.Argument(None, help=_TARGETS_HELP),
     target_features: Optional[Path] = _target_features_opt(),
-    fraction: float = typer.Option(0.2, "--fraction", "-r", help="Token-budget fraction r_f that decides 'selected'. Default: 0.2."),
+    fraction: Optional[float] = typer.Option(None, "--fraction", "-r", help="Token budget that decides 'selected', "
+                                             "as `nag query --fraction`. Default: 0.2."),
+    top: Optional[int] = typer.Option(None, "--top", help="Selected = the best N, as `nag query --top`."),
     neighbours: int = typer.Option(5, "--neighbours", help="Nearest selected neighbours to list. Default: 5."),
-    power: float = typer.Option(1.0, "--power", help="Profile power p (SPEC 2). Default: 1.0."),
+    preset: Optional[str] = S.PRESET,
+    weighting: Optional[str] = S.WEIGHTING,
+    power: Optional[float] = S.POWER,
+    discount: Optional[str] = S.DISCOUNT,
+    top_k: Optional[int] = S.TOP_K,
+    layers: Optional[str] = S.LAYERS,
+    mode: Optional[str] = S.MODE,
+    embedding_score: Optional[str] = S.EMBEDDING_SCORE,
+    neighbours_: Optional[int] = typer.Option(None, "--embedding-neighbours", help="Target items averaged by "
+                                              "--embedding-score nn (`nag query --neighbours`). Default: 10."),
+    fusion: Optional[str] = S.FUSION,
+    nag_weight: Optional[float] = S.NAG_WEIGHT,
+    contrast: Optional[str] = S.CONTRAST,
     as_json: bool = typer.Option(False, "--json", help="Print the whole explanation as JSON (every layer and neuron)."),
     fmt: str = _fmt_opt(),
     neuron_type: str = _neuron_type_opt(),
@@ -257,15 +314,20 @@ def explain_cmd(
     progress: bool = _progress_opt(),
     model: Optional[str] = _model_opt(),
 ) -> None:
-    """Why a document scored as it did: per-layer contribution, shared neurons, neighbours."""
+    """Why a document scored as it did: its rank and whether it is selected, exactly as `nag query`
+    with the same options ranks and cuts; per-layer contribution, shared neurons, neighbours."""
     from nagindex.analysis import views as analysis
     from nagindex.analysis.explain import explain
 
+    request = _query_request(targets, target_features, fraction, top, neuron_type, fmt, batch_size, progress,
+                             _scoring_flags(preset, weighting, power, discount, top_k, layers, mode, embedding_score,
+                                            neighbours_, contrast, fusion, nag_weight))
     index = _open_index(index_dir, model)
     # Fail on a wrong docid before spending time on the target's extraction.
     analysis.pool_view(index, neuron_type, labels=False).row_of(docid)
-    feats = _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress)
-    ex = explain(index, docid, feats, neuron_type=neuron_type, power=power, fraction=fraction, neighbours=neighbours)
+    target = _query_target(index, request)
+    ex = explain(index, docid, target.features, neuron_type=neuron_type, neighbours=neighbours, request=request,
+                 target=target)
     typer.echo(json.dumps(ex, indent=1) if as_json else format_explanation(ex))
 
 
@@ -277,8 +339,22 @@ def plot_scores_cmd(
     index_dir: Path = typer.Argument(..., help="A NAG index."),
     targets: Optional[List[Path]] = typer.Argument(None, help=_TARGETS_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
-    fraction: float = typer.Option(0.2, "--fraction", "-r", help="Token-budget fraction r_f whose cut is marked. Default: 0.2."),
+    fraction: Optional[float] = typer.Option(None, "--fraction", "-r", help="Token budget whose cut is marked, "
+                                             "as `nag query --fraction`. Default: 0.2."),
+    top: Optional[int] = typer.Option(None, "--top", help="Mark the cut after the best N, as `nag query --top`."),
     target_features: Optional[Path] = _target_features_opt(),
+    preset: Optional[str] = S.PRESET,
+    weighting: Optional[str] = S.WEIGHTING,
+    power: Optional[float] = S.POWER,
+    discount: Optional[str] = S.DISCOUNT,
+    top_k: Optional[int] = S.TOP_K,
+    layers: Optional[str] = S.LAYERS,
+    mode: Optional[str] = S.MODE,
+    embedding_score: Optional[str] = S.EMBEDDING_SCORE,
+    neighbours: Optional[int] = S.NEIGHBOURS,
+    fusion: Optional[str] = S.FUSION,
+    nag_weight: Optional[float] = S.NAG_WEIGHT,
+    contrast: Optional[str] = S.CONTRAST,
     fmt: str = _fmt_opt(),
     neuron_type: str = _neuron_type_opt(),
     width: int = _width_opt(),
@@ -287,18 +363,22 @@ def plot_scores_cmd(
     progress: bool = _progress_opt(),
     model: Optional[str] = _model_opt(),
 ) -> None:
-    """Distribution of nag_distance per `dataset` label, with the budget cut marked."""
-    from nagindex.analysis.views import pool_view, target_profile
-    from nagindex.analysis.explain import score_distribution
+    """Distribution of nag_distance per `dataset` label, with the cut of `nag query` (same options) marked."""
+    from nagindex.analysis.views import pool_view
+    from nagindex.analysis.explain import query_distribution, query_ranking
     from nagindex.analysis.plots import plot_scores
 
     size = _picture(out, width, height)
+    request = _query_request(targets, target_features, fraction, top, neuron_type, fmt, batch_size, progress,
+                             _scoring_flags(preset, weighting, power, discount, top_k, layers, mode, embedding_score,
+                                            neighbours, contrast, fusion, nag_weight))
     index = _open_index(index_dir, model)
-    feats = _targets(index, targets, target_features, fmt, neuron_type, batch_size, progress)
-    profile = target_profile(index, feats, neuron_type)
-    dist = score_distribution(pool_view(index, neuron_type), profile.weights, profile.denominator, fraction)
+    target = _query_target(index, request)
+    dist = query_distribution(pool_view(index, neuron_type), query_ranking(index, request, target), request.fraction)
     plot_scores(dist, out, size=size)
-    typer.echo(f"wrote {out}: {len(dist['distance'])} documents, cut at nag_distance {dist['cut_distance']:.6f}")
+    kept = int(dist["selected"].sum())
+    typer.echo(f"wrote {out}: {len(dist['distance'])} documents, {kept} selected, cut at nag_distance "
+               f"{dist['cut_distance']:.6f} (scored by {dist['scoring']})")
 
 
 @plot_app.command("layers")

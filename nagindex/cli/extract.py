@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from nagindex.schemas import DEFAULT_MAX_LENGTH, DEFAULT_NEURON_TYPE, DEFAULT_TOP_K, NEURON_TYPES
+from nagindex.schemas import DEFAULT_INDEX_TOP_K, DEFAULT_MAX_LENGTH, DEFAULT_NEURON_TYPE, NEURON_TYPES
 from nagindex.cli.app import app
 
 
@@ -35,7 +35,13 @@ def extract(
         "-t",
         help=f"Comma-separated neuron types to extract, from {', '.join(NEURON_TYPES)}.",
     ),
-    top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", "-k", help="Neurons kept per layer (K)."),
+    top_k: Optional[int] = typer.Option(
+        None, "--top-k", "-k", help=f"Neurons kept per layer (K). Default: {DEFAULT_INDEX_TOP_K}, what `nag index "
+        "build` keeps (or the layer width where smaller); an index built with --preset paper has K=20."),
+    embedder: Optional[str] = typer.Option(
+        None, "--embedder", help="Also write each document's sentence embedding (e.g. all-MiniLM-L6-v2, what "
+        "`nag index build` embeds with by default), so that --target-features queries fuse as text queries do. "
+        "Default: none."),
     max_length: int = typer.Option(
         DEFAULT_MAX_LENGTH, "--max-length", help="Tokens read per document; longer ones are truncated."
     ),
@@ -82,6 +88,7 @@ def extract(
         shard_size=shard_size,
         device=device,
         dtype=dtype,
+        embedder=embedder,
     )
     spec = summary["spec"]
     if as_json:

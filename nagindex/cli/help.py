@@ -14,6 +14,7 @@ import typer
 EXAMPLES = {
     "extract": "nag extract 'pool/*.parquet' --out feats/ --model Qwen/Qwen3-1.7B-Base",
     "query": "nag query idx arc_train.jsonl --fraction 0.1 --out selected.parquet",
+    "serve": "nag serve idx --port 8000   # then: nag query idx t.jsonl --server http://127.0.0.1:8000 --out s.parquet",
     "demo": "nag demo --out demo-run",
     "explain": "nag explain idx DOCID arc_train.jsonl",
     "index build": "nag index build idx 'pool/*.parquet' --model Qwen/Qwen3-1.7B-Base",

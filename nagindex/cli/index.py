@@ -138,6 +138,7 @@ def build(
         postings=postings,
         embedder=embedder,
         strict=strict,
+        preset=preset,
     )
     info = index.info()
     if as_json:
@@ -225,6 +226,7 @@ def info(
 def compact(
     index_dir: Path = typer.Argument(..., help="An index made by `nag index build`."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print what changed as one JSON object instead of text."),
 ) -> None:
     """Fold appended deltas into the base, drop replaced rows and run LanceDB optimize/cleanup.
 
@@ -235,8 +237,15 @@ def compact(
 
     index = Index.open(index_dir)
     before = index.info()
-    index.compact(progress=progress)
+    index.compact(progress=progress and not as_json)
     after = index.info()
+    if as_json:
+        import json
+
+        keys = ("version", "documents", "rows", "replaced_rows", "segments", "size_bytes")
+        typer.echo(json.dumps({"path": str(index_dir), "before": {k: before[k] for k in keys},
+                               "after": {k: after[k] for k in keys}}))
+        return
     typer.echo(
         f"compacted {index_dir}: {before['segments']} -> {after['segments']} segments, "
         f"{_human_bytes(before['size_bytes'])} -> {_human_bytes(after['size_bytes'])}"

@@ -47,7 +47,8 @@ def format_summary(summary: dict, out: Path | None) -> str:
     if dmin is not None:
         lines.append(f"nag_distance {dmin:.6f} .. {dmax:.6f}")
     if summary.get("scoring"):
-        lines.append(f"scored by {summary['scoring']}")
+        lines.append(f"scored by {summary['scoring']}"
+                     + (f" ({summary['mode']}: {summary['mode_reason']})" if summary.get("mode_reason") else ""))
     targets = ", ".join(f"{name} ({n} docs)" for name, n in summary["targets"].items())
     lines.append(f"targets: {targets}")
     if summary.get("missing_quality"):
@@ -121,6 +122,10 @@ def query(
                               "--top, not a share of it), all from one pass over the pool; the output holds every "
                               "selection with a target column naming it. Default: several TARGETs make one mixture."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object instead of text."),
+    server: Optional[str] = typer.Option(
+        None, "--server", envvar="NAG_SERVER", help="Send the query to a running `nag serve` at this URL (or "
+        "$NAG_SERVER) instead of opening the index here: its models are loaded already. TARGET files are read "
+        "by the server (their absolute paths are sent); --target-features files are sent whole."),
     as_of: Optional[str] = typer.Option(None, "--as-of", help="Query the index as it was at this version (a number "
                                         "from `nag index versions`, or a tag from `nag index tag`). Default: the current one."),
 ) -> None:
@@ -130,40 +135,53 @@ def query(
     make the multi-target mixture. Prints a one-screen summary.
     """
     from nagindex.api import Index
+    from nagindex.ranking.request import QueryRequest
 
     if not targets and not target_features:
         raise NagError("give at least one TARGET file or --target-features")
     _check_output(out)
-    result = Index.open(index_dir, model=model, version=as_of).run_query(
+    request = QueryRequest.build(
         [str(t) for t in targets or []],
         target_features=[str(f) for f in target_features or []],
         target_filter=[None if f == "-" else f for f in target_filter] if target_filter else None,
         target_filter_col=target_filter_col,
         fraction=fraction,
         top=top,
-        scoring_options=S.scoring_options(preset, weighting, power, discount, top_k, layers, mode, embedding_score,
-                                          neighbours, contrast, fusion=fusion, nag_weight=nag_weight),
+        preset=preset,
+        weighting=weighting, power=power, discount=discount, top_k=top_k, layers=layers, mode=mode,
+        embedding_score=embedding_score, neighbours=neighbours, contrast=None if contrast == "none" else contrast,
+        fusion=fusion, nag_weight=nag_weight,
         neuron_type=neuron_type,
         dedupe=dedupe,
         quality_col=quality_col,
         invert_quality=invert_quality,
         with_text=with_text,
         plan=plan,
-        engine=engine,
         fmt=fmt,
         batch_size=batch_size,
         progress=progress,
         each=each,
     )
+    if server:
+        from nagindex.service.client import Client
+
+        if model is not None:
+            raise NagError("--model: a server queries with the backbone it holds; leave --model out with --server")
+        if engine != "local":
+            raise NagError("--engine: a server queries where it runs; leave --engine out with --server")
+        result = Client(server).run_query(request, as_of=as_of, index=index_dir.absolute())
+    else:
+        result = Index.open(index_dir, model=model, version=as_of).run_query(request, engine=engine)
     _write(result, out)
     summary = dict(result.summary)
     if as_json:
         import json
 
-        summary.update(out=str(out), plans=[{"target": p.target, "path": p.path, "why": p.describe()}
-                                            for p in result.plans])
+        if not server:
+            summary.update(plans=[{"target": p.target, "path": p.path, "why": p.describe()} for p in result.plans])
+        summary.update(out=str(out))
         typer.echo(json.dumps(summary, default=str))
         return
-    if not explain_plan:
+    if not explain_plan and not server:
         summary["plans"] = [p.target + ": " + p.path for p in result.plans]
     typer.echo(format_summary(summary, out))

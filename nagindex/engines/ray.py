@@ -28,6 +28,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from nagindex.engines.base import Engine, ModelRef
+from nagindex.extraction.extractor import Extractor, extractor_for
 from nagindex.errors import NagError
 from nagindex.ranking import scoring
 from nagindex.ranking.inverted import Candidates
@@ -193,34 +194,25 @@ class FeatureExtractor:
 
             # Ray pins OMP_NUM_THREADS to the actor's CPUs; say it to torch too.
             torch.set_num_threads(max(1, int(threads)))
-        from nagindex.extraction.features import feature_spec
-
-        self.backbone = source.load(device)
-        mine = feature_spec(self.backbone, neuron_types, top_k, max_length)
+        backbone = source.load(device)
         if spec_json is not None:
-            FeatureSpec.from_json(spec_json).check_compatible(mine, what="the model's features")
-        self.spec = mine
+            # the index's spec: the actor's backbone must make exactly its features
+            self.extractor = Extractor(FeatureSpec.from_json(spec_json), model=backbone, what="the model's features")
+        else:
+            self.extractor = extractor_for(backbone, neuron_types=neuron_types, top_k=top_k, max_length=max_length)
+        self.backbone = backbone
+        self.spec = self.extractor.spec
         self.batch_size = int(batch_size)
         self.text_column = text_column
 
     def __call__(self, batch):
         import pyarrow as pa
 
-        from nagindex.extraction.features import count_tokens, extract_texts
-
         texts = batch.column(self.text_column).to_pylist()
         spec = self.spec
-        feats = extract_texts(
-            self.backbone,
-            ["" if t is None else t for t in texts],
-            neuron_types=spec.neuron_types,
-            top_k=spec.top_k,
-            max_length=spec.max_length,
-            batch_size=self.batch_size,
-        )
+        feats = self.extractor.extract(["" if t is None else t for t in texts], batch_size=self.batch_size)
         if TOKEN_NUM in batch.column_names:
-            tokenizer = self.backbone.tokenizer
-            batch = ingest.fill_token_num(batch, lambda ts: count_tokens(tokenizer, ts), "documents")
+            batch = ingest.fill_token_num(batch, self.extractor.count_tokens, "documents")
         for t in spec.neuron_types:
             flat = pa.array(np.ascontiguousarray(feats[t], dtype=np.uint16).reshape(-1))
             batch = batch.append_column(
@@ -306,9 +298,7 @@ def extract_batches(
         source = BackboneSource(backbone=model)
         if spec is not None:
             # a loaded backbone is checked here, before any actor starts
-            from nagindex.extraction.features import feature_spec
-
-            spec.check_compatible(feature_spec(model, neuron_types, top_k, max_length), what="the model's features")
+            Extractor(spec, model=model, what="the model's features")
     else:
         source = BackboneSource(model, dtype=dtype)
     plan = plan_workers(cluster_gpus(), cluster_cpus(), workers=workers, use_gpus=use_gpus)
@@ -327,6 +317,20 @@ def extract_batches(
     if not refs:
         return
     ctx = ray.data.DataContext.get_current()
+    # Blocks must come back in input order, so the index's rows are in the same
+    # order as with the local engine (ROW checks it). A dataset takes the context
+    # as it is when it is built: the order is asked for before that.
+    old = ctx.execution_options.preserve_order
+    ctx.execution_options.preserve_order = True
+    try:
+        yield from _ordered_features(ray, ctx, refs, n, source, plan, spec, neuron_types, top_k, max_length,
+                                     batch_size, text_column)
+    finally:
+        ctx.execution_options.preserve_order = old
+
+
+def _ordered_features(ray, ctx, refs, n, source, plan, spec, neuron_types, top_k, max_length, batch_size,
+                      text_column):
     ds = ray.data.from_arrow_refs(refs).map_batches(
         FeatureExtractor,
         fn_constructor_kwargs=dict(
@@ -346,10 +350,6 @@ def extract_batches(
         num_gpus=plan.gpus_per_worker or None,
         num_cpus=plan.cpus_per_worker,
     )
-    # Blocks come back in input order, so the index's rows are in the same
-    # order as with the local engine; ROW checks it.
-    old = ctx.execution_options.preserve_order
-    ctx.execution_options.preserve_order = True
     expected = 0
     try:
         for out in ds.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -369,8 +369,6 @@ def extract_batches(
         if err is exc:
             raise
         raise err from None
-    finally:
-        ctx.execution_options.preserve_order = old
     if expected != n:
         raise RuntimeError(f"ray extraction returned {expected} of {n} rows")
 

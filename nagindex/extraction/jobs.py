@@ -23,11 +23,14 @@ import numpy as np
 from nagindex.atomic import check_output_path
 from nagindex import io as nio
 from nagindex.errors import NagError
-from nagindex.extraction.backbones import Backbone, load_backbone
-from nagindex.extraction.features import count_tokens, extract_texts, feature_spec
+from nagindex.extraction.backbones import Backbone
+from nagindex.extraction.extractor import extractor_for
+from nagindex.extraction.features import count_tokens
 from nagindex.progress import silence_library_bars
 from nagindex.schemas import (
+    DEFAULT_INDEX_TOP_K,
     DEFAULT_MAX_LENGTH,
+    EMBEDDING,
     DEFAULT_NEURON_TYPE,
     DEFAULT_TOP_K,
     FeatureSpec,
@@ -94,6 +97,7 @@ def extract_files(
     shard_size: int = DEFAULT_SHARD_SIZE,
     device: str | None = None,
     dtype: Any = None,
+    embedder: Any = None,
 ) -> dict:
     """Extract NAG features of document files into one parquet file (see `nag extract --help`).
 
@@ -103,6 +107,10 @@ def extract_files(
     matches and recomputes the rest; the final file is written atomically
     and the parts directory removed. Under ``accelerate launch`` process i
     takes shards i, i+n, ...; the main process writes the final file.
+    `top_k=None` keeps what `nag index build` keeps (`DEFAULT_INDEX_TOP_K`, or the
+    layer width where smaller). With `embedder` (a name for `load_embedder`) every
+    document's embedding is written too (an `embedding` column), so that
+    `--target-features` queries of an index embedded the same way fuse as text ones do.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -138,10 +146,16 @@ def extract_files(
     if total == 0:
         raise NagError("no documents to extract in " + ", ".join(map(str, paths)))
 
-    backbone = model if isinstance(model, Backbone) else load_backbone(model, device=device, dtype=dtype)
-    spec = feature_spec(backbone, types, top_k, max_length)
+    if top_k is None:
+        probe = extractor_for(model, neuron_types=types, top_k=1, max_length=max_length, device=device, dtype=dtype)
+        model = probe.backbone()
+        top_k = min([DEFAULT_INDEX_TOP_K] + [probe.spec.width(t) for t in types])
+    extractor = extractor_for(model, neuron_types=types, top_k=top_k, max_length=max_length, device=device, dtype=dtype,
+                              embedder=embedder)
+    backbone, spec = extractor.backbone(), extractor.spec
+    embedder_name = extractor.embedder().name if embedder is not None else None
     identities = [_file_identity(p) for p in paths]
-    final_key = _job_key(spec.to_dict(), identities, fmt, strict, "final")
+    final_key = _job_key(spec.to_dict(), identities, fmt, strict, "final", embedder_name)
     summary = dict(out=str(out), documents=total, skipped=skipped, spec=spec, shards=0, shards_reused=0)
 
     if _read_job_key(out) == final_key:
@@ -159,7 +173,7 @@ def extract_files(
             if table.num_rows == 0:
                 break
             length = min(shard_size, table.num_rows - start)
-            key = _job_key(spec.to_dict(), identities[fi], fmt, strict, start, length)
+            key = _job_key(spec.to_dict(), identities[fi], fmt, strict, start, length, embedder_name)
             shards.append((fi, start, length, pdir / f"part-{fi:05d}-{start // shard_size:06d}.parquet", key))
     summary["shards"] = len(shards)
     computed_docs = 0
@@ -172,9 +186,14 @@ def extract_files(
             continue
         chunk = tables[fi].slice(start, length)
         texts = chunk.column("doc").to_pylist()
-        feats = extract_texts(backbone, texts, neuron_types=types, top_k=top_k, max_length=max_length, batch_size=batch_size, progress=progress)
+        feats = extractor.extract(texts, batch_size=batch_size, progress=progress)
         token_num = chunk.column("token_num").to_numpy(zero_copy_only=False) if "token_num" in chunk.column_names else None
         token_num = _fill_token_num(backbone, texts, token_num)
+        embedded = {}
+        if embedder_name is not None:
+            vectors = extractor.embed(texts, batch_size=batch_size)
+            embedded[EMBEDDING] = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()),
+                                                                     vectors.shape[1])
         with _writing(part):
             nio.write_features_parquet(
                 part,
@@ -182,7 +201,7 @@ def extract_files(
                 feats,
                 spec,
                 columns={"token_num": pa.array(token_num, pa.int64()),
-                         **({"dataset": chunk.column("dataset")} if "dataset" in chunk.column_names else {})},
+                         **({"dataset": chunk.column("dataset")} if "dataset" in chunk.column_names else {}), **embedded},
                 metadata={JOB_METADATA_KEY: key.encode()},
             )
         computed_docs += length

@@ -33,7 +33,8 @@ from nagindex.heap import release_free_heap
 from nagindex.ranking import embedding as emb
 from nagindex.ranking import output, scoring, selection
 from nagindex.ranking.options import ScoringOptions
-from nagindex.ranking.planner import PLANS, CandidateRequest, Plan, local_candidates
+from nagindex.ranking.planner import CandidateRequest, Plan, local_candidates
+from nagindex.ranking.request import DEFAULT_FRACTION, QueryRequest
 from nagindex.ranking.scan import pool_neuron_counts
 from nagindex.ranking.targets import (
     Target,
@@ -44,7 +45,7 @@ from nagindex.ranking.targets import (
 from nagindex.schemas import DATASET, DEFAULT_NEURON_TYPE
 from nagindex.sources import is_table_like
 
-DEFAULT_FRACTION = 0.2
+__all__ = ["DEFAULT_FRACTION", "QueryRequest", "QueryResult", "Target", "run_query"]
 
 
 class QueryResult:
@@ -102,16 +103,6 @@ def _split_top(top: int, m: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(m)]
 
 
-def _check_shares(fraction: float | None, top: int | None) -> tuple[float | None, int | None]:
-    if top is not None and fraction is not None:
-        raise NagError("give either --fraction or --top, not both")
-    if top is not None:
-        if int(top) < 1:
-            raise NagError(f"--top must be at least 1, got {top}")
-        return None, int(top)
-    return selection.check_fraction(DEFAULT_FRACTION if fraction is None else fraction), None
-
-
 def _check_quality_column(index, column: str) -> None:
     columns = index.columns()
     if column not in columns:
@@ -127,91 +118,42 @@ def _quality_values(index, rows: np.ndarray, column: str) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-def run_query(
-    index,
-    targets: Sequence[Any] = (),
-    *,
-    target_features: Sequence[Any] | None = None,
-    target_texts: Any = None,
-    target_filter: str | Sequence[str | None] | None = None,
-    target_filter_col: str = DATASET,
-    fraction: float | None = None,
-    top: int | None = None,
-    scoring_options: ScoringOptions | None = None,
-    preset: str | None = None,
-    power: float | None = None,
-    layers=None,
-    weighting: str | None = None,
-    discount: str | None = None,
-    top_k: int | None = None,
-    mode: str | None = None,
-    embedding_score: str | None = None,
-    neighbours: int | None = None,
-    neuron_type: str = DEFAULT_NEURON_TYPE,
-    dedupe: bool = False,
-    quality_col: str | None = None,
-    invert_quality: bool = False,
-    with_text: bool = False,
-    contrast: str | None = None,
-    plan: str = "auto",
-    engine: Any = None,
-    fmt: str = "auto",
-    batch_size: int = 32,
-    progress: bool = False,
-    each: bool = False,
-) -> QueryResult:
-    """Select from the index's pool for each target (SPEC 3) and mix them (SPEC 4).
+def run_query(index, request: QueryRequest | Any = (), *, engine: Any = None, **options: Any) -> QueryResult:
+    """Select from the index's pool for each target of `request` (SPEC 3) and mix them (SPEC 4).
 
-    `targets`: raw text files, directories or globs (one target per item; a
-    list of shards is one target), tables in memory (pyarrow, pandas, polars,
-    `datasets`), `Target` objects or (n, L*K) feature arrays.
-    `target_features`: precomputed feature files, one target per item.
-    `target_texts`: target documents as strings: a list of strings is one
-    target, a {name: [strings]} dict one target per name.
-    `target_filter`: one value for every target, or a list with one value
-    (or None) per target, in the order targets, target_features, target_texts.
-    Selection is by token budget (`fraction`, default 0.2) or the best `top`
-    rows; with M targets each gets fraction/M (or top/M, remainders to the
-    first targets).
-    `each`: every target selects on its own, its whole fraction (or top N),
-    all of them from one pass over the pool; the output holds every selection
-    with a `target` column, each equal to that target queried alone.
-    Scoring: `scoring_options` (default `ScoringOptions()`, the measured best;
-    `preset="paper"` is the SPEC exactly), and any of power, layers,
-    weighting, discount, top_k (ranks per layer used), mode, embedding_score,
-    neighbours, contrast given here override it.
+    `request`: a `QueryRequest` (`ranking.request`), which says what is
+    selected and how it is scored. As a convenience, targets with the keyword
+    options of `QueryRequest.build` build one here.
+    With M targets each gets fraction/M (or top/M, remainders to the first
+    targets); with `each`, every target selects on its own, its whole
+    fraction (or top N), all of them from one pass over the pool.
     `engine`: where the pool is scored, an object with the `candidates` step
     of `nagindex.engines.base.Engine`; None scores it here (`local_candidates`).
     """
+    if not isinstance(request, QueryRequest):
+        request = QueryRequest.build(options.pop("targets", request), **options)
+    elif options:
+        raise TypeError(f"run_query takes a QueryRequest or options, not both ({', '.join(sorted(options))})")
+    req = request
     # every cheap check first, before any target is extracted
-    fraction, top = _check_shares(fraction, top)
-    if each and dedupe:
-        raise NagError("--dedupe mixes targets; with --each every target keeps its own selection")
+    fraction, top = req.fraction, req.top
+    neuron_type, quality_col = req.neuron_type, req.quality_col
     index.spec.width(neuron_type)
-    if scoring_options is not None and preset is not None:
-        raise NagError("give either scoring options or a preset, not both")
-    base = scoring_options if scoring_options is not None else ScoringOptions.from_preset(preset)
-    opts = base.with_overrides(power=power, layers=layers, weighting=weighting, discount=discount, top_k=top_k,
-                               mode=mode, embedding_score=embedding_score, neighbours=neighbours, contrast=contrast)
+    opts = req.scoring_options(default_preset_of(index))
     kept_layers = scoring.resolve_layers(opts.layers, index.spec.num_layers)
     slots = opts.slots(index.spec.top_k)
     if opts.mode in ("embedding", "fusion") and not _has_embeddings(index):
         raise NagError(f"--mode {opts.mode} needs an index with embeddings (nag index build --embedder ...)")
-    if plan not in PLANS:
-        raise NagError(f"unknown plan {plan!r}; use {', '.join(PLANS)}")
     if quality_col is not None:
         _check_quality_column(index, quality_col)
 
-    loaded = load_targets(index, targets, target_features, target_texts=target_texts, neuron_type=neuron_type,
-                          target_filter=target_filter,
-                          target_filter_col=target_filter_col, fmt=fmt, batch_size=batch_size, progress=progress,
-                          embed=opts.mode != "nag" and _has_embeddings(index))
+    loaded = load_targets(index, req, embed=opts.mode != "nag" and _has_embeddings(index))
     prefetch = getattr(index, "prefetch_payload_reader", None)
     if prefetch is not None:
         prefetch()  # the output's payload reader loads while the pool is scored (targets are good by now)
     mode = resolve_mode(opts.mode, index, loaded)
-    request = candidate_request(index, loaded, fraction=fraction, top=top, plan=plan, each=each,
-                                quality=quality_col is not None, progress=progress)
+    request = candidate_request(index, loaded, fraction=fraction, top=top, plan=req.plan, each=req.each,
+                                quality=quality_col is not None, progress=req.progress)
     request.every_row = mode == "fusion"
     profiles = [None] * len(loaded)
     if mode != "embedding":
@@ -233,10 +175,10 @@ def run_query(
         scored = ranked_scores(index, live, nag[i], loaded[i], pool_vectors, opts, mode)
         nag[i] = None  # a target's candidates are not needed past its selection
         picks.append(select_one(index, scored, profiles[i], request, i, quality_col=quality_col,
-                                invert_quality=invert_quality))
+                                invert_quality=req.invert_quality))
         del scored
     release_free_heap()
-    chosen = mixture(index, picks, [t.name for t in loaded], dedupe=dedupe, name_targets=each or len(picks) > 1,
+    chosen = mixture(index, picks, [t.name for t in loaded], dedupe=req.dedupe, name_targets=req.each or len(picks) > 1,
                      quality=quality_col is not None)
     summary = {
         "pool_docs": request.n_live,
@@ -246,8 +188,14 @@ def run_query(
         "plans": [p.describe() for p in plans],
         "scoring": opts.describe(mode),
         "mode": mode,
+        "mode_reason": mode_reason(opts.mode, mode, index, loaded),
     }
-    return QueryResult(index, chosen, with_text=with_text, plans=plans, summary=summary)
+    return QueryResult(index, chosen, with_text=req.with_text, plans=plans, summary=summary)
+
+
+def default_preset_of(index) -> str | None:
+    """The scoring preset a query of `index` takes when it names none (None: the default)."""
+    return getattr(index, "query_preset", None)
 
 
 def _has_embeddings(index) -> bool:
@@ -263,6 +211,19 @@ def resolve_mode(mode: str, index, targets: Sequence[Target]) -> str:
         missing = [t.name for t in targets if t.embeddings is None]
         raise NagError(f"--mode {mode} needs the targets' text to embed; {', '.join(missing)} came as features only")
     return mode
+
+
+def mode_reason(asked: str, mode: str, index, targets: Sequence[Target]) -> str:
+    """Why the query ran in `mode`: asked for, or what `auto` found."""
+    if asked != "auto":
+        return f"--mode {asked} was asked for"
+    if mode == "fusion":
+        return "the index and every target have embeddings"
+    if not _has_embeddings(index):
+        return "the index has no embeddings (built without --embedder)"
+    missing = [t.name for t in targets if t.embeddings is None]
+    return (f"{', '.join(missing)} came as features without embeddings (text targets, or features from "
+            "`nag extract --embedder`, are fused with the embedding)")
 
 
 @dataclass
@@ -298,36 +259,27 @@ def ranked_scores(index, live: np.ndarray, nag, target: Target, pool_vectors, op
     return Scored(live, fused, nag=scores, embedding=sims)
 
 
-def load_targets(index, targets, target_features, *, neuron_type: str, target_filter, target_filter_col: str,
-                 fmt: str, batch_size: int, progress: bool, target_texts: Any = None,
-                 embed: bool = False) -> list[Target]:
-    """Every target of a query, from texts, feature files, tables or arrays, in the order given.
+def load_targets(index, request: QueryRequest, *, embed: bool = False) -> list[Target]:
+    """Every target of a query, from texts, feature files, tables or arrays, in the order
+    targets, target_features, target_texts.
 
     Targets are named after their files (stem), or `texts`/the dict keys;
     a name that repeats gets ``#2``, ``#3``... With `embed`, text targets are
     also embedded with the index's embedder.
     """
-
-    if isinstance(targets, (np.ndarray, Target, str, os.PathLike)) or is_table_like(targets):
-        targets = [targets]  # one target given bare
-    if isinstance(target_features, (str, os.PathLike)):
-        target_features = [target_features]
-    items = list(targets if targets is not None else []) + [("features", f) for f in (target_features or [])]
-    if isinstance(target_texts, dict):
-        items += [("texts", str(k), v) for k, v in target_texts.items()]
-    elif target_texts is not None:
-        if len(target_texts) and not isinstance(target_texts[0], str) and not isinstance(target_texts, str):
-            items += [("texts", f"texts{i}", v) for i, v in enumerate(target_texts)]  # a list of lists
-        else:
-            items.append(("texts", "texts", target_texts))
+    items = (list(request.targets) + [("features", f) for f in request.target_features]
+             + [("texts", name, list(texts)) for name, texts in request.target_texts])
     if not items:
         raise NagError("no target given")
+    neuron_type, fmt = request.neuron_type, request.fmt
+    batch_size, progress, target_filter_col = request.batch_size, request.progress, request.target_filter_col
+    target_filter = list(request.target_filter) if isinstance(request.target_filter, tuple) else request.target_filter
     filters = _per_target(target_filter, len(items))
     loaded: list[Target] = []
     for i, item in enumerate(items):
         keep = dict(target_filter=filters[i], target_filter_col=target_filter_col)
         if isinstance(item, tuple) and len(item) == 2 and item[0] == "features":
-            loaded.append(load_feature_target(index, item[1], neuron_type=neuron_type, **keep))
+            loaded.append(load_feature_target(index, item[1], neuron_type=neuron_type, embed=embed, **keep))
         elif isinstance(item, tuple) and len(item) == 3 and item[0] == "texts":
             loaded.append(load_text_target(index, None, texts=item[2], name=item[1], neuron_type=neuron_type,
                                            batch_size=batch_size, progress=progress, embed=embed, **keep))

@@ -43,7 +43,7 @@ def rank_order(scores: np.ndarray, docids) -> np.ndarray:
 def check_fraction(fraction: float) -> float:
     fraction = float(fraction)
     if not (0.0 < fraction <= 1.0) or math.isnan(fraction):
-        raise NagError(f"fraction must be in (0, 1], got {fraction}")
+        raise NagError.for_param("fraction", f"must be in (0, 1], got {fraction}")
     return fraction
 
 

@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 
 from nagindex.errors import NagError
 from nagindex.io import features_from_table, read_feature_files
-from nagindex.schemas import DATASET, TEXT, feature_column
+from nagindex.schemas import DATASET, EMBEDDING, TEXT, feature_column
 from nagindex.sources import expand_path, read_documents, source_name, texts_table
 
 
@@ -43,8 +43,6 @@ def load_text_target(index, source, *, neuron_type: str, target_filter=None, tar
     `texts`, strings given as such) and extract their NAG with the index's own
     backbone and settings (K, max_length); with `embed`, also their embeddings
     with the index's embedder."""
-    from nagindex.extraction.features import extract_texts
-
     if texts is not None:
         name = name or "texts"
         docs = texts_table(texts, name)
@@ -54,32 +52,31 @@ def load_text_target(index, source, *, neuron_type: str, target_filter=None, tar
     docs = _filter_rows(docs, target_filter, target_filter_col, name)
     if docs.num_rows == 0:
         raise NagError(f"the target {name} is empty" + (" after filtering" if target_filter is not None else ""))
-    spec = index.spec
     texts = docs.column(TEXT).to_pylist()
-    feats = extract_texts(
-        index.backbone(),
-        texts,
-        neuron_types=(neuron_type,),
-        top_k=spec.top_k,
-        max_length=spec.max_length,
-        batch_size=batch_size,
-        progress=progress,
-    )
-    vectors = index.embedder().encode(texts) if embed else None
+    extractor = index.extractor()  # the index's backbone (and embedder), loaded once and checked
+    feats = extractor.extract(texts, neuron_types=(neuron_type,), batch_size=batch_size, progress=progress)
+    vectors = extractor.embed(texts) if embed else None
     return Target(name, feats[neuron_type], vectors)
 
 
 def load_feature_target(index, source, *, neuron_type: str, target_filter=None,
-                        target_filter_col=DATASET) -> Target:
+                        target_filter_col=DATASET, embed: bool = False) -> Target:
     """Read precomputed target features (nagindex parquet or upstream JSONL)
-    after checking they were made like the index's."""
+    after checking they were made like the index's; with `embed`, also their
+    embeddings where the file carries them (`nag extract --embedder`) with the
+    index's width."""
 
     items = source if isinstance(source, (list, tuple)) else [source]
     paths = [p for item in items for p in expand_path(item, what="target")]
     name = source_name(source)
     table, spec = read_feature_files(paths)
     if spec is not None:
-        index.spec.check_compatible(spec, what=f"the target features {name}")
+        try:
+            index.spec.check_compatible(spec, what=f"the target features {name}")
+        except NagError as e:
+            if spec.top_k != index.spec.top_k:
+                raise NagError(f"{e}; extract them with `nag extract --top-k {index.spec.top_k}`") from None
+            raise
     col = feature_column(neuron_type)
     if col not in table.column_names:
         raise NagError(f"the target features {name} have no {col} column")
@@ -87,13 +84,19 @@ def load_feature_target(index, source, *, neuron_type: str, target_filter=None,
     if table.num_rows == 0:
         raise NagError(f"the target {name} is empty" + (" after filtering" if target_filter is not None else ""))
     feats = features_from_table(table.select([col]), [neuron_type])[neuron_type]
+    vectors = None
+    if embed and EMBEDDING in table.column_names:
+        column = table.column(EMBEDDING).combine_chunks()
+        dim = getattr(index.manifest, "embedding_dim", None)
+        if pa.types.is_fixed_size_list(column.type) and column.type.list_size == dim and column.null_count == 0:
+            vectors = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(column), dim)
     expected = index.spec.feature_length
     if feats.shape[1] != expected:
         raise NagError(
             f"the target features {name} have {feats.shape[1]} entries per document, this index "
             f"has L*K = {index.spec.num_layers}*{index.spec.top_k} = {expected}"
         )
-    return Target(name, feats)
+    return Target(name, feats, vectors)
 
 
 def as_target(index, item, i: int, neuron_type: str) -> Target:

@@ -27,7 +27,6 @@ import os
 import re
 import sys
 import threading
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -36,12 +35,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nagindex.errors import NagError, damaged
-from nagindex.extraction.embedder import load_embedder
 from nagindex.schemas import (
     DEFAULT_NEURON_TYPE,
     EMBEDDING,
     ROW,
-    UNKNOWN_HASH,
     FeatureSpec,
     feature_column,
     index_schema,
@@ -104,25 +101,6 @@ def _dir_size(path: Path) -> int:
 
 
 
-def backbone_source(spec: FeatureSpec):
-    """What `load_backbone` needs to reload the backbone of a spec: its recorded
-    location (absolute path, ``org/name@rev``, None for the embedded default);
-    the name as typed for indexes older than locations."""
-    from nagindex.extraction import backbones
-
-    location = spec.backbone_location
-    if location:
-        return None if location == backbones.EMBEDDED_LOCATION else location
-    if spec.backbone_hash == UNKNOWN_HASH:
-        raise NagError(
-            f"this index was built from upstream features without a backbone (L={spec.num_layers}, "
-            f"K={spec.top_k}); text targets need a loadable backbone: pass --model NAME|PATH of the model "
-            "that made the features, or give the targets as features (--target-features)"
-        )
-    return None if spec.backbone == backbones.EMBEDDED_NAME else spec.backbone
-
-
-
 def live_rows(index) -> np.ndarray:
     """int64 global rows of the live documents of `index` (anything with `live_mask` and
     `num_rows`), ascending: every row but those replaced by a newer version."""
@@ -142,7 +120,6 @@ class IndexSnapshot:
 
     def __init__(self, path: str | os.PathLike, manifest: Manifest, model=None):
         self.path = Path(path)
-        self._backbone = None
         # a backbone named by the caller (`--model`): used instead of the recorded location
         self._model = model
         self._load(manifest)
@@ -488,52 +465,6 @@ class IndexSnapshot:
             out[start : start + len(col)] = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), dim)
         return out
 
-    def embedder(self):
-        """The embedder that embedded the documents (loaded on first use)."""
-        if not self.has_embeddings:
-            raise NagError(f"index {self.path} has no embeddings; build it with --embedder")
-        if getattr(self, "_embedder", None) is None:
-            embedder = load_embedder(self.manifest.embedder)
-            if embedder.dim != self.manifest.embedding_dim:
-                raise NagError(f"the embedder {self.manifest.embedder} makes vectors of {embedder.dim}, "
-                               f"the index holds {self.manifest.embedding_dim}")
-            self._embedder = embedder
-        return self._embedder
-
-    def backbone(self, *, device=None, dtype=None):
-        """The backbone that made the features (loaded on first use, from `model`
-        given to `open` or else the recorded location, on `device` in `dtype`),
-        checked against the index."""
-        if self._backbone is None:
-            from nagindex.extraction.backbones import Backbone, load_backbone
-            from nagindex.extraction.features import feature_spec
-
-            spec = self.spec
-            source = self._model if self._model is not None else backbone_source(spec)
-            named_by_index = self._model is None
-            try:
-                with _hub_offline(named_by_index and source is not None):
-                    backbone = source if isinstance(source, Backbone) else load_backbone(
-                        source, device=device, dtype=dtype, allow_download=not named_by_index)
-            except NagError as exc:
-                if self._model is not None or "does not download" in str(exc):
-                    raise
-                raise NagError(f"the index's backbone {spec.backbone} cannot be loaded ({exc}); pass --model "
-                               "with the same weights (a local directory, .gguf file or hub id)") from None
-            if spec.backbone_hash != UNKNOWN_HASH and backbone.weights_hash != spec.backbone_hash:
-                raise NagError(
-                    f"the backbone {backbone.name} has weights {backbone.weights_hash[:12]}, "
-                    f"the index {spec.backbone} was built with {spec.backbone_hash[:12]}"
-                )
-            spec.check_compatible(feature_spec(backbone, spec.neuron_types, spec.top_k, spec.max_length),
-                                  what=f"the features of the backbone {backbone.name}")
-            if named_by_index and source is not None:
-                # a downloaded index decided which model runs here: say which, and from where. Only once it
-                # loaded: a failure is already one line that names both.
-                print(f"nagindex: loaded the index's backbone {spec.backbone} from {source}", file=sys.stderr)
-            self._backbone = backbone
-        return self._backbone
-
     def info(self) -> dict:
         """Documents, tokens, backbone, L, K, neuron types, versions, pending deltas, size on disk."""
         spec, m = self.spec, self.manifest
@@ -575,21 +506,6 @@ class IndexSnapshot:
     def _feature_rows(self, neuron_type: str, rows: np.ndarray) -> np.ndarray:
         """Feature rows at sorted global `rows`, gathered from the segments."""
         return gather_rows(self.feature_segments(neuron_type), rows, self.spec.feature_length)
-
-
-@contextmanager
-def _hub_offline(offline: bool):
-    """HF_HUB_OFFLINE=1 while a model that an index named loads: the hub client too (not only
-    transformers' local_files_only) sends no request because a downloaded index named a model.
-    Restored afterwards, so that a later load the user asked for may download."""
-    if not offline or "HF_HUB_OFFLINE" in os.environ:
-        yield
-        return
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        yield
-    finally:
-        os.environ.pop("HF_HUB_OFFLINE", None)
 
 
 def _lance_version_files(version: int) -> tuple[str, ...]:

@@ -283,21 +283,6 @@ def table_batches(documents: pa.Table, feature_arrays: dict | None, spec: Featur
         yield documents.slice(start, batch_rows), {t: f[start : start + batch_rows] for t, f in feats.items()}
 
 
-def extracted_batches(docs: Iterable[pa.Table], backbone_getter: Callable, spec: FeatureSpec, batch_size: int):
-    from nagindex.extraction.features import extract_texts, feature_spec
-
-    """Features of each document batch, extracted with the backbone (checked against the index's spec)."""
-    backbone = backbone_getter()
-    spec.check_compatible(feature_spec(backbone, spec.neuron_types, spec.top_k, spec.max_length), what="the model's features")
-    for table in docs:
-        texts = table.column("doc").to_pylist()
-        feats = extract_texts(
-            backbone, texts, neuron_types=spec.neuron_types, top_k=spec.top_k,
-            max_length=spec.max_length, batch_size=batch_size, progress=False,
-        )
-        yield table, check_features(feats, spec, table.num_rows, "extracted features")
-
-
 def regroup(batches: Iterable[tuple[pa.Table, Features]], rows: int,
             on_batch: Callable[[int], None] | None = None) -> Iterator[tuple[pa.Table, Features]]:
     """Small (documents, features) batches gathered into batches of about `rows` rows.

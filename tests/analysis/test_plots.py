@@ -72,7 +72,7 @@ def world(tmp_path_factory):
     pool = root / "pool.parquet"
     pq.write_table(pa.Table.from_pylist(_docs(45, 0)), pool)
     index_dir = root / "index"
-    Index.build(index_dir, [pool], model=str(model_dir), top_k=K, progress=False)
+    Index.build(index_dir, [pool], model=str(model_dir), top_k=K, progress=False, embedder=None)
     target = root / "target.jsonl"
     target.write_text("".join(json.dumps({"id": f"t{i}", "text": r["doc"]}) + "\n"
                               for i, r in enumerate(_docs(12, 5)) if r["dataset"] == "beta"))
@@ -218,8 +218,26 @@ def test_explain_cli(world, index, target_feats, tmp_path):
     r = run("explain", world["index_dir"], docid, world["target"], "--json", "--no-progress")
     assert r.exit_code == 0, r.output
     ex = json.loads(r.stdout)
-    expect = explain.explain(index, docid, target_feats)
-    assert ex["score"] == expect["score"] and ex["rank"] == expect["rank"]
+    from nagindex.ranking.options import ScoringOptions
+
+    expect = explain.explain(index, docid, target_feats, power=ScoringOptions().power)  # the query's power
+    assert ex["score"] == expect["score"]
+    # rank, cut and selection are those of `nag query` with the same options
+    whole = run("query", world["index_dir"], world["target"], "--top", index.num_documents, "--no-progress",
+                "--out", tmp_path / "all.parquet")
+    chosen = run("query", world["index_dir"], world["target"], "--no-progress", "--out", tmp_path / "sel.parquet")
+    assert whole.exit_code == 0 and chosen.exit_code == 0, whole.output + chosen.output
+    ranked = pq.read_table(tmp_path / "all.parquet").column("docid").to_pylist()
+    selected = pq.read_table(tmp_path / "sel.parquet").column("docid").to_pylist()
+    assert ex["rank"] == ranked.index(docid) + 1
+    assert ex["selected_count"] == len(selected) and ex["selected"] == (docid in selected)
+    paper = json.loads(run("explain", world["index_dir"], docid, world["target"], "--json", "--no-progress",
+                           "--preset", "paper", "--top", 5).stdout)
+    top5 = run("query", world["index_dir"], world["target"], "--preset", "paper", "--top", 5, "--no-progress",
+               "--out", tmp_path / "p.parquet")
+    assert top5.exit_code == 0
+    assert paper["selected_count"] == 5 and paper["selected"] == (
+        docid in pq.read_table(tmp_path / "p.parquet").column("docid").to_pylist())
     r = run("explain", world["index_dir"], docid, world["target"], "--no-progress")
     assert r.exit_code == 0 and f"{docid} (label" in r.output and "nearest selected neighbours" in r.output
 
@@ -312,3 +330,14 @@ def test_embedded_backbone_deactivation_smoke(embedded_backbone):
     assert 0 < rep.intact["target"] < 10 and rep.keys["target"] != rep.intact["target"]
     again = deactivation.mean_token_loss(bb.model, bb.tokenizer, texts, max_length=32)
     assert again == pytest.approx(rep.intact["target"], rel=1e-6)  # the model was restored
+
+
+def test_plot_scores_cuts_where_nag_query_cuts(world, index, tmp_path):
+    r = run("plot", "scores", world["index_dir"], world["target"], "--out", tmp_path / "s.png", "--no-progress",
+            "--fraction", 0.3)
+    assert r.exit_code == 0, r.output
+    q = run("query", world["index_dir"], world["target"], "--fraction", 0.3, "--no-progress", "--out",
+            tmp_path / "q.parquet")
+    assert q.exit_code == 0, q.output
+    kept = pq.read_table(tmp_path / "q.parquet").num_rows
+    assert f"{index.num_documents} documents, {kept} selected" in r.output

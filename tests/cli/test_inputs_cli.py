@@ -40,7 +40,7 @@ def test_target_filter_works_on_extracted_features(tmp_path, tiny_llama):
     extract_files([tmp_path / "t.parquet"], tmp_path / "t.features.parquet", model=tiny_llama, top_k=3,
                   max_length=16, progress=False)
     assert "dataset" in pq.read_schema(tmp_path / "t.features.parquet").names
-    Index.build(tmp_path / "idx", tmp_path / "t.parquet", model=tiny_llama, top_k=3, max_length=16, progress=False)
+    Index.build(tmp_path / "idx", tmp_path / "t.parquet", model=tiny_llama, top_k=3, max_length=16, progress=False, embedder=None)
     args = ["query", str(tmp_path / "idx"), "--target-features", str(tmp_path / "t.features.parquet"), "--top", "2",
             "--no-progress", "--out"]
     res = CliRunner().invoke(app, [*args, str(tmp_path / "pets.parquet"), "--target-filter", "pets"])

@@ -80,7 +80,7 @@ def test_model_with_features_is_recorded_not_loaded(upstream, tiny_llama, monkey
         m.setattr(backbones, "_load_pretrained", _never_load)
         m.chdir(tmp)
         # L and the width come from the local config; the relative path is stored resolved
-        Index.build("idx", "pool.parquet", features="feats.jsonl", model="tiny", top_k=K, progress=False)
+        Index.build("idx", "pool.parquet", features="feats.jsonl", model="tiny", top_k=K, progress=False, embedder=None)
     index = Index.open(tmp / "idx")
     assert index.spec.num_layers == L and index.spec.layer_widths["fwd_up"] == W
     assert index.spec.backbone_location == str(model_dir.resolve())

@@ -171,7 +171,7 @@ def local_build(tiny, tmp_path_factory):
     })
     pool = root / "pool.parquet"
     pq.write_table(table, pool)
-    local = Index.build(root / "local", [pool], model=tiny, progress=False, **BUILD)
+    local = Index.build(root / "local", [pool], model=tiny, progress=False, **BUILD, embedder=None)
     return pool, local
 
 
@@ -226,7 +226,7 @@ def test_index_build_with_engine_ray(local_build, tmp_path):
     if "engine" not in inspect.signature(Index.build).parameters:
         pytest.skip("Index.build has no engine parameter yet (store integration pending)")
     pool, local = local_build
-    built = Index.build(tmp_path / "ray", [pool], model=local.backbone(), engine="ray", progress=False, **BUILD)
+    built = Index.build(tmp_path / "ray", [pool], model=local.backbone(), engine="ray", progress=False, **BUILD, embedder=None)
     _same_index(local, built)
 
 
@@ -331,3 +331,25 @@ def test_run_query_with_engine_ray(store_index):
         got = index.run_query(with_vectors, engine="ray", **kw)
         assert got.table.equals(want.table), kw
         assert got.summary["mode"] == (kw.get("mode") or "fusion")
+
+
+def test_preserve_order_is_set_before_the_dataset_is_built(monkeypatch):
+    """A Ray dataset takes the DataContext as it is when built: the order must be asked for first."""
+    import ray.data
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def record(refs):
+        seen.append(ray.data.DataContext.get_current().execution_options.preserve_order)
+        raise Stop
+
+    ctx = ray.data.DataContext.get_current()
+    before = ctx.execution_options.preserve_order
+    monkeypatch.setattr(ray.data, "from_arrow_refs", record)
+    with pytest.raises(Stop):
+        list(R.extract_batches([pa.table({"doc": ["a b c"]})], model="unused", top_k=2, max_length=8))
+    assert seen == [True]
+    assert ctx.execution_options.preserve_order == before  # put back afterwards

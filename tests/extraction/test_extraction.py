@@ -288,7 +288,7 @@ def test_extract_files_is_resumable_after_a_crash(tmp_path, saved_tiny, monkeypa
     reference = tmp_path / "ref.parquet"
     extract_files([a, b], reference, model=bb, top_k=K, shard_size=2, progress=False)
 
-    import nagindex.extraction.jobs as ex
+    import nagindex.extraction.features as ex  # what every extraction calls, through `Extractor`
 
     real = ex.extract_texts
     calls = {"n": 0}

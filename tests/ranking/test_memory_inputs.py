@@ -27,7 +27,7 @@ def reference(tmp_path_factory, tiny_llama):
     pq.write_table(POOL.slice(0, 4), folder / "a.parquet")
     pq.write_table(POOL.slice(4), folder / "b.parquet")
     index = Index.build(folder / "idx", [folder / "a.parquet", folder / "b.parquet"], model=tiny_llama, top_k=K,
-                        max_length=LENGTH, progress=False)
+                        max_length=LENGTH, progress=False, embedder=None)
     return folder, index
 
 
@@ -76,7 +76,7 @@ def test_every_pool_kind_builds_the_same_index(reference, tiny_llama, tmp_path):
     folder, want = reference
     for kind, pool in _pools(folder).items():
         got = Index.build(tmp_path / kind.replace(" ", "_"), pool, model=tiny_llama, top_k=K, max_length=LENGTH,
-                          progress=False)
+                          progress=False, embedder=None)
         assert got.docids().to_pylist() == want.docids().to_pylist(), kind
         assert np.array_equal(got.features("fwd_up"), want.features("fwd_up")), kind
         assert got.take(np.arange(8), ["dataset"]).equals(want.take(np.arange(8), ["dataset"])), kind
@@ -85,7 +85,7 @@ def test_every_pool_kind_builds_the_same_index(reference, tiny_llama, tmp_path):
 def test_append_from_a_dataframe(reference, tiny_llama, tmp_path):
     pd = pytest.importorskip("pandas")
     index = Index.build(tmp_path / "idx", POOL.slice(0, 4), model=tiny_llama, top_k=K, max_length=LENGTH,
-                        progress=False)
+                        progress=False, embedder=None)
     result = index.append(pd.DataFrame(POOL.slice(4).to_pydict()), progress=False)
     assert result.added == 4
     assert np.array_equal(index.features("fwd_up"), reference[1].features("fwd_up"))

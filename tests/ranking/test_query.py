@@ -537,7 +537,7 @@ def test_raw_text_targets_are_extracted_with_the_index_backbone(tmp_path, tiny_l
     pool = tmp_path / "pool.parquet"
     pq.write_table(pa.table({"docid": [f"p{i}" for i in range(40)], "doc": texts,
                              "token_num": list(range(1, 41)), "dataset": ["a", "b"] * 20}), pool)
-    index = Index.build(tmp_path / "idx", [pool], model=tiny_llama, top_k=3, max_length=16, progress=False)
+    index = Index.build(tmp_path / "idx", [pool], model=tiny_llama, top_k=3, max_length=16, progress=False, embedder=None)
     target_texts = ["cats are small animals", "the cat sat", "stock prices fell today"]
     target = tmp_path / "target.jsonl"
     target.write_text("\n".join(

@@ -106,7 +106,8 @@ def test_bad_options_are_refused():
         scoring.build_profile(t, num_layers=1, top_k=2, width=4, slots=3)
     with pytest.raises(NagError, match="pool"):
         scoring.build_profile(t, num_layers=1, top_k=2, width=4, weighting="idf")
-    for bad in (dict(mode="both"), dict(embedding_score="max"), dict(neighbours=0), dict(power=-1)):
+    for bad in (dict(mode="both"), dict(embedding_score="max"), dict(neighbours=0), dict(power=-1),
+                dict(fusion="max"), dict(nag_weight=1.5), dict(nag_weight=-0.1), dict(nag_weight=float("nan"))):
         with pytest.raises(NagError):
             ScoringOptions().with_overrides(**bad)
     with pytest.raises(NagError, match="preset"):

@@ -32,7 +32,7 @@ def test_final_layout_keeps_meta_fields(tmp_path):
                    tmp_path / "final.parquet")
     write_features_parquet(tmp_path / "f.parquet", [f"m{i}" for i in range(4)], {"fwd_up": _feats(4, 0)}, SPEC)
     index = Index.build(tmp_path / "idx", tmp_path / "final.parquet", features=tmp_path / "f.parquet",
-                        progress=False)
+                        progress=False, embedder=None)
     rows = index.take(np.arange(4))
     assert rows.column("url").to_pylist() == ["u0", "u1", "u2", "u3"]
     assert rows.column("lang").to_pylist() == ["x"] * 4 and rows.column("meta_lang").to_pylist() == ["en"] * 4

@@ -286,7 +286,7 @@ def test_build_from_feature_parquet_in_another_order(tmp_path):
     write_features_parquet(tmp_path / "f.parquet", [ids[i] for i in perm], {"fwd_up": feats[perm]}, make_spec())
     Index.batch_rows, saved = 8, Index.batch_rows
     try:
-        index = Index.build(tmp_path / "idx", [tmp_path / "pool.parquet"], features=[tmp_path / "f.parquet"], progress=False)
+        index = Index.build(tmp_path / "idx", [tmp_path / "pool.parquet"], features=[tmp_path / "f.parquet"], progress=False, embedder=None)
     finally:
         Index.batch_rows = saved
     assert index.docids().to_pylist() == ids
@@ -305,9 +305,9 @@ def test_build_from_upstream_jsonl_needs_a_model(tmp_path, tiny_llama):
     write_pool(tmp_path / "pool.parquet", ids)
     write_upstream_jsonl(tmp_path / "f.jsonl", ids, {"fwd_up": feats})
     with pytest.raises(NagError, match="--model"):
-        Index.build(tmp_path / "a", [tmp_path / "pool.parquet"], features=[tmp_path / "f.jsonl"], progress=False)
+        Index.build(tmp_path / "a", [tmp_path / "pool.parquet"], features=[tmp_path / "f.jsonl"], progress=False, embedder=None)
     assert not (tmp_path / "a").exists()
-    index = Index.build(tmp_path / "b", [tmp_path / "pool.parquet"], features=[tmp_path / "f.jsonl"], model=tiny_llama, top_k=K, progress=False)
+    index = Index.build(tmp_path / "b", [tmp_path / "pool.parquet"], features=[tmp_path / "f.jsonl"], model=tiny_llama, top_k=K, progress=False, embedder=None)
     np.testing.assert_array_equal(index.features("fwd_up"), feats)
     assert index.spec.backbone_hash == tiny_llama.weights_hash
 
@@ -318,7 +318,7 @@ def test_build_and_append_with_a_model(tmp_path, tiny_llama):
     texts = ["the cat sat on the mat", "a stock market report", "gradient descent on a loss", "recipes with lentils"]
     ids = [f"m{i}" for i in range(4)]
     pq.write_table(pa.table({"docid": ids[:3], "doc": texts[:3]}), tmp_path / "pool.parquet")  # no token_num
-    index = Index.build(tmp_path / "idx", [tmp_path / "pool.parquet"], model=tiny_llama, top_k=K, max_length=16, progress=False)
+    index = Index.build(tmp_path / "idx", [tmp_path / "pool.parquet"], model=tiny_llama, top_k=K, max_length=16, progress=False, embedder=None)
     want = extract_texts(tiny_llama, texts, neuron_types=("fwd_up",), top_k=K, max_length=16)["fwd_up"]
     np.testing.assert_array_equal(index.features("fwd_up"), want[:3])
     np.testing.assert_array_equal(index.token_num(), count_tokens(tiny_llama.tokenizer, texts[:3]))
