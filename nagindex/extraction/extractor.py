@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Any, Sequence
 
@@ -67,6 +68,8 @@ class Extractor:
         # one extraction at a time: the forward hooks of a capture belong to the model (a service's
         # threads share one extractor)
         self._lock = threading.RLock()
+        self._memo: OrderedDict | None = None  # `remember`: the last results, by their exact inputs
+        self._memo_size = 0
         if _is_backbone(model):
             self._backbone = self._checked(model)
 
@@ -159,6 +162,29 @@ class Extractor:
             self._embedder_ref = self._embedder = embedder
         return self
 
+    def remember(self, results: int) -> "Extractor":
+        """Keep the last `results` extractions and embeddings, each by its exact inputs (texts in
+        order, neuron types, batch size), and answer a repeat from them: a service asked again for
+        the same target set gives it back without running the models. The answer is the one the
+        models gave for those inputs (read-only arrays). 0 keeps none."""
+        with self._lock:
+            self._memo_size = max(0, int(results))
+            self._memo = OrderedDict() if self._memo_size else None
+        return self
+
+    def _recall(self, key, compute):
+        if self._memo is None:
+            return compute()
+        with self._lock:
+            if key in self._memo:
+                self._memo.move_to_end(key)
+                return self._memo[key]
+            value = _read_only(compute())
+            self._memo[key] = value
+            while len(self._memo) > self._memo_size:
+                self._memo.popitem(last=False)
+            return value
+
     # -- work ---------------------------------------------------------------------
     def extract(self, texts: Sequence[str], *, neuron_types: Sequence[str] | None = None, batch_size: int = 32,
                 progress: bool = False) -> Features:
@@ -166,10 +192,15 @@ class Extractor:
         from nagindex.extraction.features import extract_texts
 
         spec = self.spec
-        with self._lock:
-            return extract_texts(self.backbone(), list(texts), neuron_types=tuple(neuron_types or spec.neuron_types),
-                                 top_k=spec.top_k, max_length=spec.max_length, batch_size=batch_size,
-                                 progress=progress)
+        texts = list(texts)
+        types = tuple(neuron_types or spec.neuron_types)
+
+        def run():
+            with self._lock:
+                return extract_texts(self.backbone(), texts, neuron_types=types, top_k=spec.top_k,
+                                     max_length=spec.max_length, batch_size=batch_size, progress=progress)
+
+        return self._recall(("extract", tuple(texts), types, int(batch_size)), run)
 
     def count_tokens(self, texts: Sequence[str]) -> np.ndarray:
         """int64 token counts of `texts` with the backbone's tokenizer (no truncation)."""
@@ -179,8 +210,13 @@ class Extractor:
 
     def embed(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """(n, dim) float32 unit vectors of `texts`."""
-        with self._lock:
-            return self.embedder().encode(list(texts), batch_size=batch_size, progress=progress)
+        texts = list(texts)
+
+        def run():
+            with self._lock:
+                return self.embedder().encode(texts, batch_size=batch_size, progress=progress)
+
+        return self._recall(("embed", tuple(texts), int(batch_size)), run)
 
     def batches(self, documents, *, text_column: str = "doc", batch_size: int = 32):
         """(table, features) for each table of `documents`, in order."""
@@ -201,6 +237,16 @@ def _hub_offline(offline: bool):
         yield
     finally:
         os.environ.pop("HF_HUB_OFFLINE", None)
+
+
+def _read_only(value):
+    """`value` (an array, or a dict of arrays) with every array made read-only: a remembered
+    result is handed to many callers."""
+    arrays = value.values() if isinstance(value, dict) else [value]
+    for a in arrays:
+        if isinstance(a, np.ndarray):
+            a.setflags(write=False)
+    return value
 
 
 def _is_backbone(model: Any) -> bool:

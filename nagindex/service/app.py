@@ -30,6 +30,9 @@ from nagindex.service import wire
 from nagindex.store.manifest import manifest_path, read_manifest
 
 
+REMEMBERED_TARGETS = 64  # target sets (texts) whose features and embeddings a server keeps
+
+
 class Served:
     """The index a server answers from: reopened when its manifest changes."""
 
@@ -52,7 +55,11 @@ class Served:
         index = Index.open(self.path, model=self.model, version=version)
         old = getattr(self, "index", None)
         if old is not None and old._extractor is not None and old.spec == index.spec:
-            index._extractor = old._extractor  # the models stay loaded across versions
+            index._extractor = old._extractor  # the models (and the targets they read) stay across versions
+        else:
+            # a client that asks again for the same target set with other options is answered without
+            # running the models; the answer is what they gave for those very inputs
+            index.extractor().remember(REMEMBERED_TARGETS)
         if version is None:
             self._stamp = stamp
         return index

@@ -42,3 +42,23 @@ def test_index_holds_one_extractor_for_every_text_query(tmp_path, tiny_llama):
     opened.query(target_texts=["the market"], top=1)
     assert opened.extractor() is first and first.loaded
     assert index.extractor().backbone() is tiny_llama  # the build's model stays loaded
+
+
+def test_a_remembering_extractor_answers_a_repeat_without_the_model(tiny_llama, monkeypatch):
+    from nagindex.extraction import features
+
+    ex = extractor_for(tiny_llama, neuron_types=("fwd_up",), top_k=3, max_length=16).remember(2)
+    calls = []
+    real = features.extract_texts
+    monkeypatch.setattr(features, "extract_texts", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    first = ex.extract(TEXTS)["fwd_up"]
+    again = ex.extract(list(TEXTS))["fwd_up"]
+    assert calls == [TEXTS] and again is first and not first.flags.writeable  # handed out, never changed
+    assert np.array_equal(first, real(tiny_llama, TEXTS, top_k=3, max_length=16)["fwd_up"])
+    ex.extract(TEXTS[::-1])  # other inputs (order counts: batches see the texts in order) run the model
+    ex.extract(TEXTS[:1])
+    ex.extract(TEXTS)  # the oldest of 2 remembered was dropped: runs again
+    assert len(calls) == 4
+    plain = extractor_for(tiny_llama, neuron_types=("fwd_up",), top_k=3, max_length=16)
+    plain.extract(TEXTS), plain.extract(TEXTS)
+    assert len(calls) == 6  # without `remember`, every call runs the model
