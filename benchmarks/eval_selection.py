@@ -68,7 +68,7 @@ from nagindex.errors import NagError  # noqa: E402
 
 DEFAULT_EVAL_DIR = REPO.parent / "shared" / "eval"
 CONTROL_TARGETS = ("winogrande",)
-INDEX_VERSION = 1  # bump when the cached index must be rebuilt
+INDEX_VERSION = 2  # bump when the cached index must be rebuilt
 
 # name -> run_query scoring arguments (None: not through the index)
 PRODUCT_METHODS = {
@@ -186,13 +186,7 @@ def build_index(path: Path, pool: Labelled, embedder: str, num_layers: int, vect
     index = Index.create(path, feature_spec(num_layers, top_k, 1536), embedder=embedder)
     docs = pa.table({"docid": pa.array(pool.ids.tolist(), pa.string()), "doc": pool.texts,
                      "token_num": pa.array(pool.token_num, pa.int64()), "dataset": pool.domain.tolist()})
-    if vectors is not None:
-        if vectors.shape != (len(pool.ids), index.manifest.embedding_dim):
-            raise NagError(f"--pool-embeddings has shape {vectors.shape}, expected ({len(pool.ids)}, "
-                           f"{index.manifest.embedding_dim})")
-        flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), pa.float32())
-        docs = docs.append_column("embedding", pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]))
-    index.append(documents=docs, feature_arrays={"fwd_up": pool.features}, progress=True)
+    index.append(documents=docs, feature_arrays={"fwd_up": pool.features}, embeddings=vectors, progress=True)
     seconds = time.perf_counter() - t0
     stamp.write_text(json.dumps(key))
     return Index.open(path), seconds

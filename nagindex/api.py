@@ -195,6 +195,7 @@ class Index(IndexSnapshot):
         device: str | None = None,
         dtype: str | None = None,
         strict: bool = False,
+        embeddings: np.ndarray | None = None,
         _model: Any = None,
     ) -> AppendResult:
         """Add documents: from pools (files, directories, globs or tables in memory, as for
@@ -207,7 +208,10 @@ class Index(IndexSnapshot):
         the backbone when this call loads it (default: the GPU in bf16 where
         there is one, else the CPU in fp32). A pool document without usable
         text is skipped with a warning, or with `strict` refused (always with
-        `features`, whose rows it would orphan).
+        `features`, whose rows it would orphan). `embeddings` (with `documents`):
+        one vector per row made earlier by this index's embedder, stored instead
+        of embedding the texts again; checked for shape and finiteness and scaled
+        to unit length (a pool column is never taken as the embedding).
         """
         spec = self.spec
         if not progress:
@@ -216,9 +220,13 @@ class Index(IndexSnapshot):
             raise NagError("give either pool files or a documents table to append")
         runner = get_engine(engine)  # an unknown name is refused even where no extraction runs
         pre_skipped = [0]  # docids skipped before extraction
+        if embeddings is not None and documents is None:
+            raise NagError("embeddings are given with a documents table, one vector per row")
         if documents is not None:
+            given = None if embeddings is None else self._given_embeddings(embeddings, documents.num_rows)
             batches, total = ingest.table_batches(documents, feature_arrays, spec, self.batch_rows), documents.num_rows
-            tokens = None
+            return writer.append_batches(self, self._embedded(batches, batch_size, given), replace=replace,
+                                         count_tokens=None, progress=progress, total=total)
         else:
             pools = expand_sources(pools)
             total = ingest.count_rows(pools)
@@ -249,8 +257,6 @@ class Index(IndexSnapshot):
                 result = writer.append_batches(self, self._embedded(grouped, batch_size), replace=replace,
                                                count_tokens=tokens, progress=False)
             return dataclasses.replace(result, skipped=result.skipped + pre_skipped[0])
-        return writer.append_batches(self, self._embedded(batches, batch_size), replace=replace, count_tokens=tokens,
-                                     progress=progress, total=total)
 
     def append_batches(
         self,
@@ -279,10 +285,38 @@ class Index(IndexSnapshot):
         segments, lance_table, lance_version, tags."""
         return index_versions.listing(self.path)
 
-    def _embedded(self, batches, batch_size: int = 64):
-        """The batches with each document's embedding added, where this index stores them."""
+    def _given_embeddings(self, embeddings: np.ndarray, rows: int) -> np.ndarray:
+        """Vectors a caller made with this index's embedder, checked (one per row, the index's width,
+        finite) and scaled to unit length as the index stores them."""
+        if not self.has_embeddings:
+            raise NagError(f"index {self.path} stores no embeddings (built without an embedder); "
+                           "append without embeddings")
+        v = np.asarray(embeddings, dtype=np.float64)
+        want = (rows, self.manifest.embedding_dim)
+        if v.shape != want:
+            raise NagError(f"embeddings have shape {v.shape}; this append needs {want} "
+                           f"(one {self.manifest.embedder} vector per document)")
+        if not np.isfinite(v).all():
+            raise NagError("embeddings hold a value that is not finite; the index is unchanged")
+        norms = np.linalg.norm(v, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise NagError("embeddings hold a zero vector, which has no direction to compare; the index is unchanged")
+        return (v / norms).astype(np.float32)
+
+    def _embedded(self, batches, batch_size: int = 64, given: np.ndarray | None = None):
+        """The batches with each document's embedding added, where this index stores them:
+        `given` (rows in the batches' order), else made by the index's embedder."""
         if not self.has_embeddings:
             yield from batches
+            return
+        if given is not None:
+            start = 0
+            for docs, feats in batches:
+                vectors = given[start : start + docs.num_rows]
+                start += docs.num_rows
+                column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()),
+                                                           vectors.shape[1])
+                yield docs.append_column(EMBEDDING, column), feats
             return
         embedder = self.embedder()
         for docs, feats in batches:

@@ -278,3 +278,27 @@ def test_modes_need_an_index_with_embeddings():
     index = MemoryIndex(make_spec(1, 2, 8), feats, payload)
     with pytest.raises(NagError, match="embeddings"):
         Q.run_query(index, [feats[:3]], top=3, mode="embedding")
+
+
+def test_given_embeddings_are_checked_scaled_and_stored_instead_of_embedding_again(tmp_path):
+    from nagindex import Index
+
+    rng = np.random.default_rng(12)
+    L, K, W = 2, 5, 25
+    feats, payload = make_pool(rng, 30, L, K, W)
+    index = Index.create(tmp_path / "idx", make_spec(L, K, W), embedder="hash:16")
+    vectors = rng.normal(size=(30, 16)) * 7.0  # any length: stored at unit length
+    for bad, match in ((vectors[:29], "shape"), (np.where(np.eye(30, 16) > 0, np.nan, vectors), "not finite"),
+                       (np.zeros((30, 16)), "zero vector")):
+        with pytest.raises(NagError, match=match):
+            index.append(documents=payload, feature_arrays={"fwd_up": feats}, embeddings=bad, progress=False)
+    assert Index.open(tmp_path / "idx").num_documents == 0  # nothing was written
+    with pytest.raises(NagError, match="documents table"):
+        index.append([tmp_path / "pool.parquet"], embeddings=vectors, progress=False)
+    index.append(documents=payload, feature_arrays={"fwd_up": feats}, embeddings=vectors, progress=False)
+    stored = Index.open(tmp_path / "idx").embeddings(np.arange(30))
+    want = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    np.testing.assert_allclose(stored, want, rtol=1e-6)
+    bare = Index.create(tmp_path / "bare", make_spec(L, K, W))
+    with pytest.raises(NagError, match="stores no embeddings"):
+        bare.append(documents=payload, feature_arrays={"fwd_up": feats}, embeddings=vectors, progress=False)
