@@ -51,6 +51,7 @@ import argparse
 import gzip
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -196,9 +197,15 @@ def build_index(path: Path, pool: Labelled, embedder: str, num_layers: int, vect
 # The measure: pure functions
 # ---------------------------------------------------------------------------
 def precision_at(order_domains: np.ndarray, want: str, top: int) -> float:
-    """Share of the first `top` rows whose domain is one of `want` ("a" or "a+b+c"; "" matches nothing)."""
-    wanted = [d for d in str(want).split("+") if d]
+    """Share of the first `top` rows whose domain is one of `want` ("a", or "a+b+c" / "a,b,c";
+    "" matches nothing)."""
+    wanted = domains_of(want)
     return float(np.mean(np.isin(order_domains[:top], wanted))) if wanted else 0.0
+
+
+def domains_of(want: str) -> list[str]:
+    """The matching domains a target's `domain` names ("a", "a+b" or "a,b"; "" or "None": none)."""
+    return [d.strip() for d in re.split(r"[+,|]", str(want)) if d.strip() and d.strip() != "None"]
 
 
 def top_domain(order_domains: np.ndarray) -> list:
@@ -318,7 +325,7 @@ def run(cfg) -> dict:
     target_counts_text = {n: baselines.count_matrix(t.texts, vocabulary) for n, t in targets.items()}
 
     want = {n: str(targets[n].domain[0]) for n in names}
-    scored = [n for n in names if n not in CONTROL_TARGETS and want[n] not in ("", "None")]
+    scored = [n for n in names if n not in CONTROL_TARGETS and domains_of(want[n])]
     controls = [n for n in names if n not in scored]
     groups = {"eval": [n for n in scored if n not in validation], "validation": [n for n in scored if n in validation]}
     groups = {g: v for g, v in groups.items() if v}
@@ -386,7 +393,7 @@ def run(cfg) -> dict:
         "cost": {"index_build_seconds": build_seconds, "index_bytes": index.info()["size_bytes"],
                  "embed_targets_seconds": embed_target_seconds, "point_estimate_seconds": point_seconds,
                  "query_seconds": query_seconds},
-        "random": {n: float(np.mean(np.isin(domain.astype(str), want[n].split("+")))) for n in scored},
+        "random": {n: float(np.mean(np.isin(domain.astype(str), domains_of(want[n])))) for n in scored},
     }
     return result
 

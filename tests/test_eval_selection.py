@@ -28,6 +28,7 @@ def test_precision_matches_any_of_several_domains():
     assert E.precision_at(domains, "a+c", 4) == 0.75
     assert E.precision_at(domains, "b+d", 5) == 0.4
     assert E.precision_at(domains, "", 5) == 0.0
+    assert E.precision_at(domains, "a,c", 4) == 0.75 and E.domains_of("None") == []
 
 
 def test_summary_stats_and_top_domain():
