@@ -24,6 +24,7 @@ Timing lines are printed; the last line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -37,6 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
@@ -72,6 +74,68 @@ def timed_run(cmd: list[str]) -> float:
     return time.perf_counter() - t
 
 
+@contextlib.contextmanager
+def served(idx: Path, model_args: list[str] = ()):
+    """A `nag serve` process on a free port, ready; yields (client, seconds to ready)."""
+    port = free_port()
+    t = time.perf_counter()
+    server = subprocess.Popen(nag("serve", str(idx), "--port", str(port), *model_args), env=env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    client = Client(f"http://127.0.0.1:{port}")
+    try:
+        for _ in range(3000):
+            try:
+                client.health()
+                break
+            except Exception:  # noqa: BLE001 - not listening yet
+                if server.poll() is not None:
+                    raise SystemExit(f"nag serve exited:\n{server.stderr.read()[-2000:]}")
+                time.sleep(0.1)
+        yield client, time.perf_counter() - t
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def scale_figures(sizes: list[int], targets: int, top: int, repeat: int) -> dict:
+    """A feature target over synthetic pools of `sizes` documents (benchmarks/bench_query.py's:
+    Zipf neuron popularity, L=28, K=20): cold `nag query`, warm `Index.query` in this process
+    and warm `nag serve`, each the same selection."""
+    import bench_query as BQ
+
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="bench-service-scale-") as tmp:
+        work = Path(tmp)
+        for n in sizes:
+            print(f"pool of {n:,} documents:")
+            idx, _, _, _ = BQ.build_index(work, n, 0, 1.0, f"n{n}")
+            target = work / f"target-{n}.parquet"
+            BQ.write_target(target, targets, 1, 1.0)
+            cold_out = work / f"cold-{n}.parquet"
+            cold = timed_run(nag("query", str(idx), "--target-features", str(target), "--top", str(top), "--out",
+                                 str(cold_out), "--no-progress"))
+            index = Index.open(idx)
+            python = []
+            for _ in range(repeat):
+                t = time.perf_counter()
+                got = index.query(target_features=[str(target)], top=top, progress=False)
+                python.append(time.perf_counter() - t)
+            with served(idx) as (client, startup):
+                warm = []
+                for _ in range(repeat):
+                    t = time.perf_counter()
+                    answer = client.query(target_features=[str(target)], top=top)
+                    warm.append(time.perf_counter() - t)
+            want = pq.read_table(cold_out).column("docid").to_pylist()
+            same = answer.column("docid").to_pylist() == want == got.column("docid").to_pylist()
+            print(f"  feature target of {targets} items, --top {top}: cold nag query {cold:.2f} s; warm Index.query "
+                  f"{statistics.median(python):.3f} s; warm nag serve {statistics.median(warm):.3f} s "
+                  f"(server ready in {startup:.1f} s); same selection: {same}")
+            out[n] = {"cold_cli_s": cold, "python_s": statistics.median(python), "service_s": statistics.median(warm),
+                      "same_selection": same}
+    return out
+
+
 def percentiles(values: list[float]) -> dict:
     a = np.asarray(values) * 1000
     return {f"p{p}": float(np.percentile(a, p)) for p in (50, 90, 95, 99)} | {"max": float(a.max()), "mean": float(a.mean())}
@@ -88,7 +152,13 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--embedder", default=None, help="e.g. hash:64 or all-MiniLM-L6-v2 (default: none)")
     ap.add_argument("--smoke", action="store_true", help="tiny random backbone, a few documents and requests")
+    ap.add_argument("--scale", default="", help="instead: feature queries over synthetic pools of these sizes, "
+                    "e.g. 200000,1000000 (cold CLI, warm Index.query, warm nag serve)")
     args = ap.parse_args()
+    if args.scale:
+        sizes = [int(x) for x in args.scale.split(",") if x]
+        print(json.dumps({"scale": scale_figures(sizes, args.targets, args.top, args.repeat)}))
+        return
     work = Path(tempfile.mkdtemp(prefix="bench-service-"))
     model_args: list[str] = []
     if args.smoke:
@@ -125,21 +195,7 @@ def main() -> None:
     print(f"cold nag query, same target as features: {', '.join(f'{x:.2f}' for x in cold_feat)} s")
 
     # 2. warm server
-    port = free_port()
-    t = time.perf_counter()
-    server = subprocess.Popen(nag("serve", str(idx), "--port", str(port), *model_args), env=env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    client = Client(f"http://127.0.0.1:{port}")
-    try:
-        for _ in range(3000):
-            try:
-                client.health()
-                break
-            except Exception:  # noqa: BLE001 - not listening yet
-                if server.poll() is not None:
-                    raise SystemExit(f"nag serve exited:\n{server.stderr.read()[-2000:]}")
-                time.sleep(0.1)
-        startup = time.perf_counter() - t
+    with served(idx, model_args) as (client, startup):
         print(f"nag serve ready (backbone loaded) in {startup:.2f} s")
         got = client.query(target_texts={"target": texts}, top=args.top)  # the cold CLI's target, first seen here
         same = got.column("docid").to_pylist() == pq.read_table(work / "cold.parquet").column("docid").to_pylist()
@@ -178,9 +234,6 @@ def main() -> None:
         print(f"load: {args.requests} feature queries, {args.concurrency} concurrent: {args.requests / wall:.1f} req/s; "
               "latency ms " + ", ".join(f"{k} {v:.0f}" for k, v in pct.items()))
         health = client.health()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     print(json.dumps({
         "docs": args.docs, "k": args.k, "targets": len(texts), "top": args.top, "smoke": args.smoke,
         "cold_text_s": cold_text, "cold_features_s": cold_feat, "server_startup_s": startup,
