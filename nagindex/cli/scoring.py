@@ -25,7 +25,8 @@ TOP_K = typer.Option(None, "--top-k", help="Neurons per layer used (the first K 
 LAYERS = typer.Option(None, "--layers", help="Layers used for target and pool alike: all, first, last or a "
                       "list such as 0,5,9. Default: all.")
 MODE = typer.Option(None, "--mode", help="nag, embedding, fusion (of both, see --fusion) or auto "
-                    "(fusion where the index has embeddings and the targets are text, else nag). Default: auto.")
+                    "(fusion where the index and the targets have embeddings: text targets, or feature files that "
+                    "`nag extract --embedder` wrote; else nag). Default: auto.")
 EMBEDDING_SCORE = typer.Option(None, "--embedding-score", help="centroid (cosine to the mean target vector) or "
                                "nn (mean of the --neighbours highest cosines to single target items). Default: nn.")
 NEIGHBOURS = typer.Option(None, "--neighbours", help="Target items averaged by --embedding-score nn. Default: 10.")
