@@ -17,12 +17,14 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 
+from nagindex import io as nio
 from nagindex.engines import get_engine
 from nagindex.engines.base import ModelRef
 from nagindex.errors import NagError
 from nagindex.extraction.embedder import load_embedder
 from nagindex.extraction.extractor import Extractor
 from nagindex.progress import silence_library_bars
+from nagindex.ranking.embedding import unit_rows
 from nagindex.ranking.query import run_query
 from nagindex.ranking.options import ScoringOptions, build_settings
 from nagindex.ranking.request import QueryRequest
@@ -298,40 +300,40 @@ class Index(IndexSnapshot):
                            f"(one {self.manifest.embedder} vector per document)")
         if not np.isfinite(v).all():
             raise NagError("embeddings hold a value that is not finite; the index is unchanged")
-        norms = np.linalg.norm(v, axis=1, keepdims=True)
-        if (norms == 0).any():
+        if not np.linalg.norm(v, axis=1).all():
             raise NagError("embeddings hold a zero vector, which has no direction to compare; the index is unchanged")
-        return (v / norms).astype(np.float32)
+        return unit_rows(v).astype(np.float32)
 
     def _embedded(self, batches, batch_size: int = 64, given: np.ndarray | None = None):
         """The batches with each document's embedding added, where this index stores them:
-        `given` (rows in the batches' order), else made by the index's embedder."""
+        `given` (rows in the batches' order, checked by `_given_embeddings`), else made by the
+        index's embedder."""
         if not self.has_embeddings:
             yield from batches
             return
-        if given is not None:
-            start = 0
-            for docs, feats in batches:
+        embedder = self.embedder() if given is None else None
+        start = 0
+        for docs, feats in batches:
+            if given is not None:
                 vectors = given[start : start + docs.num_rows]
                 start += docs.num_rows
-                column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()),
-                                                           vectors.shape[1])
-                yield docs.append_column(EMBEDDING, column), feats
-            return
-        embedder = self.embedder()
-        for docs, feats in batches:
-            # the index embeds every document itself: a pool's own `embedding` column is refused
-            # before this (`ingest.check_payload_names`), never taken as the vector
-            if TEXT not in docs.column_names:
-                raise NagError(f"this index embeds every document with {self.manifest.embedder}, "
-                               f"and these documents have no text column {TEXT!r}")
-            vectors = embedder.encode(docs.column(TEXT).to_pylist(), batch_size=batch_size)
-            bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
-            if len(bad):  # a NaN vector would be stored, and then score as nothing or everything
-                raise NagError(f"the embedding of document {docs.column(DOCID)[int(bad[0])].as_py()!r} is not finite "
-                               f"({self.manifest.embedder}); the index is unchanged")
-            column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), embedder.dim)
-            yield docs.append_column(EMBEDDING, column), feats
+            else:
+                vectors = self._embed_documents(embedder, docs, batch_size)
+            yield docs.append_column(EMBEDDING, nio.embedding_array(vectors)), feats
+
+    def _embed_documents(self, embedder, docs: pa.Table, batch_size: int) -> np.ndarray:
+        """The embedder's vectors of a batch's texts, every one finite."""
+        # the index embeds every document itself: a pool's own `embedding` column is refused
+        # before this (`ingest.check_payload_names`), never taken as the vector
+        if TEXT not in docs.column_names:
+            raise NagError(f"this index embeds every document with {self.manifest.embedder}, "
+                           f"and these documents have no text column {TEXT!r}")
+        vectors = embedder.encode(docs.column(TEXT).to_pylist(), batch_size=batch_size)
+        bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+        if len(bad):  # a NaN vector would be stored, and then score as nothing or everything
+            raise NagError(f"the embedding of document {docs.column(DOCID)[int(bad[0])].as_py()!r} is not finite "
+                           f"({self.manifest.embedder}); the index is unchanged")
+        return vectors
 
     @property
     def query_preset(self) -> str | None:

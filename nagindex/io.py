@@ -600,6 +600,12 @@ def write_table_atomic(table: pa.Table, path: str | os.PathLike) -> None:
 # --------------------------------------------------------------------------
 
 
+def embedding_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    """(n, dim) vectors as the float32 fixed-size-list column an index and a feature file store."""
+    arr = np.ascontiguousarray(vectors, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1), pa.float32()), arr.shape[1])
+
+
 def _feature_array(values: np.ndarray, length: int) -> pa.FixedSizeListArray:
     arr = np.ascontiguousarray(values, dtype=np.uint16)
     return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1), pa.uint16()), length)

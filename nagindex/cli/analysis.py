@@ -249,13 +249,6 @@ def _query_target(index, request):
     return target
 
 
-def _scoring_flags(preset, weighting, power, discount, top_k, layers, mode, embedding_score, neighbours_,
-                   contrast, fusion=None, nag_weight=None) -> dict:
-    return dict(preset=preset, weighting=weighting, power=power, discount=discount, top_k=top_k, layers=layers,
-                mode=mode, embedding_score=embedding_score, neighbours=neighbours_, fusion=fusion,
-                nag_weight=nag_weight, contrast=None if contrast == "none" else contrast)
-
-
 def format_explanation(ex: dict, top_layers: int = 10, top_neurons: int = 8) -> str:
     lines = [
         f"{ex['docid']} (label {ex['label']}): similarity {ex['similarity']:.6f} "
@@ -320,8 +313,8 @@ def explain_cmd(
     from nagindex.analysis.explain import explain
 
     request = _query_request(targets, target_features, fraction, top, neuron_type, fmt, batch_size, progress,
-                             _scoring_flags(preset, weighting, power, discount, top_k, layers, mode, embedding_score,
-                                            neighbours_, contrast, fusion, nag_weight))
+                             S.scoring_flags(preset, weighting, power, discount, top_k, layers, mode, embedding_score,
+                                             neighbours_, contrast, fusion, nag_weight))
     index = _open_index(index_dir, model)
     # Fail on a wrong docid before spending time on the target's extraction.
     analysis.pool_view(index, neuron_type, labels=False).row_of(docid)
@@ -370,8 +363,8 @@ def plot_scores_cmd(
 
     size = _picture(out, width, height)
     request = _query_request(targets, target_features, fraction, top, neuron_type, fmt, batch_size, progress,
-                             _scoring_flags(preset, weighting, power, discount, top_k, layers, mode, embedding_score,
-                                            neighbours, contrast, fusion, nag_weight))
+                             S.scoring_flags(preset, weighting, power, discount, top_k, layers, mode, embedding_score,
+                                             neighbours, contrast, fusion, nag_weight))
     index = _open_index(index_dir, model)
     target = _query_target(index, request)
     dist = query_distribution(pool_view(index, neuron_type), query_ranking(index, request, target), request.fraction)

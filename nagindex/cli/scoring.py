@@ -1,6 +1,6 @@
 """The scoring options every command that scores a pool takes (`nag query`,
-`explain`, `plot`, `deactivate keys`): declared once here, turned into one
-`ranking.options.ScoringOptions` by `scoring_options`. Every default is None:
+`explain`, `plot scores`): declared once here, turned into the scoring keywords
+of one `ranking.request.QueryRequest` by `scoring_flags`. Every default is None:
 the preset (default: the measured best; `--preset paper`: the SPEC) decides
 what is not given."""
 
@@ -10,7 +10,6 @@ from typing import Optional
 
 import typer
 
-from nagindex.ranking.options import ScoringOptions
 
 PRESET = typer.Option(None, "--preset", help="default (the best configuration measured, docs/quality.md) or "
                       "paper (the SPEC exactly: K=20, SPEC weighting, no discount, NAG alone). Default: default.")
@@ -37,13 +36,13 @@ NAG_WEIGHT = typer.Option(None, "--nag-weight", help="NAG's share of --fusion su
 CONTRAST = typer.Option(None, "--contrast", help="Older spelling: pool is --weighting contrast; none keeps the weighting.")
 
 
-def scoring_options(preset: Optional[str] = None, weighting: Optional[str] = None, power: Optional[float] = None,
-                    discount: Optional[str] = None, top_k: Optional[int] = None, layers: Optional[str] = None,
-                    mode: Optional[str] = None, embedding_score: Optional[str] = None,
-                    neighbours: Optional[int] = None, contrast: Optional[str] = None, *,
-                    fusion: Optional[str] = None, nag_weight: Optional[float] = None) -> ScoringOptions:
-    """The options a command's flags give: the preset, with every flag given applied over it."""
-    return ScoringOptions.from_preset(preset).with_overrides(
-        weighting=weighting, power=power, discount=discount, top_k=top_k, layers=layers, mode=mode,
-        embedding_score=embedding_score, neighbours=neighbours, fusion=fusion, nag_weight=nag_weight,
-        contrast=None if contrast == "none" else contrast)
+def scoring_flags(preset: Optional[str] = None, weighting: Optional[str] = None, power: Optional[float] = None,
+                  discount: Optional[str] = None, top_k: Optional[int] = None, layers: Optional[str] = None,
+                  mode: Optional[str] = None, embedding_score: Optional[str] = None,
+                  neighbours: Optional[int] = None, contrast: Optional[str] = None,
+                  fusion: Optional[str] = None, nag_weight: Optional[float] = None) -> dict:
+    """The scoring keywords of `QueryRequest.build` that a command's flags give (None: the preset's,
+    or the index's, decides); `--contrast none` is the same as not giving it."""
+    return dict(preset=preset, weighting=weighting, power=power, discount=discount, top_k=top_k, layers=layers,
+                mode=mode, embedding_score=embedding_score, neighbours=neighbours, fusion=fusion,
+                nag_weight=nag_weight, contrast=None if contrast == "none" else contrast)

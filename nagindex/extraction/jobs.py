@@ -192,8 +192,7 @@ def extract_files(
         embedded = {}
         if embedder_name is not None:
             vectors = extractor.embed(texts, batch_size=batch_size)
-            embedded[EMBEDDING] = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()),
-                                                                     vectors.shape[1])
+            embedded[EMBEDDING] = nio.embedding_array(vectors)
         with _writing(part):
             nio.write_features_parquet(
                 part,
