@@ -166,10 +166,6 @@ def leave_one_out(prec: np.ndarray, criterion) -> tuple[np.ndarray, list[int]]:
     return held, chosen
 
 
-def summary(p: np.ndarray) -> dict:
-    return {"mean": float(p.mean()), "worst": float(p.min()), "p10": float(np.quantile(p, 0.1))}
-
-
 def run(cfg) -> dict:
     from nagindex.extraction.embedder import load_embedder
 
@@ -208,10 +204,10 @@ def run(cfg) -> dict:
     loo = {}
     for name, crit in CRITERIA.items():
         held, chosen = leave_one_out(prec, crit)
-        loo[name] = {**summary(held), "chosen": sorted({labels[c] for c in chosen}),
+        loo[name] = {**E.summary_stats(held), "chosen": sorted({labels[c] for c in chosen}),
                      "per_target": {t.name: float(h) for t, h in zip(targets, held)}}
     order = np.argsort(-prec.mean(axis=1), kind="stable")
-    ranked = [{"method": labels[m], **summary(prec[m]), "visible_mean": float(prec[m, visible].mean()),
+    ranked = [{"method": labels[m], **E.summary_stats(prec[m]), "visible_mean": float(prec[m, visible].mean()),
                "validation_mean": float(prec[m, ~visible].mean())} for m in order]
     return {"targets": {t.name: list(t.domains) for t in targets}, "visible": [t.name for t in targets if t.visible],
             "leave_one_out": loo, "ranked": ranked,
