@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from nagindex.errors import NagError
-from nagindex.ranking.selection import rank_order
+from nagindex.ranking.selection import min_max, rank_order
 
 COSINE_BITS = 24
 COSINE_ONE = 1 << COSINE_BITS
@@ -108,19 +108,8 @@ def rrf_scores(score_lists: list[np.ndarray], docids, k: int) -> np.ndarray:
     return np.sum([rrf_term(ranks(s, docids), k) for s in score_lists], axis=0, dtype=np.int64)
 
 
-def unit_interval(scores: np.ndarray) -> np.ndarray:
-    """float64 (s - min) / (max - min) over the rows given; all zero when every score is equal."""
-    s = np.asarray(scores, dtype=np.int64)
-    if len(s) == 0:
-        return np.zeros(0)
-    lo, hi = int(s.min()), int(s.max())
-    if hi == lo:
-        return np.zeros(len(s))
-    return (s - lo) / float(hi - lo)
-
-
 def calibrated_sum(nag: np.ndarray, embedding: np.ndarray, nag_weight: float) -> np.ndarray:
     """int64 fixed-point w * minmax(nag) + (1 - w) * minmax(embedding) over the same rows."""
     w = float(nag_weight)
-    mixed = w * unit_interval(nag) + (1.0 - w) * unit_interval(embedding)
+    mixed = w * min_max(nag) + (1.0 - w) * min_max(embedding)
     return np.rint(mixed * FUSED_ONE).astype(np.int64)

@@ -240,7 +240,7 @@ class Scored:
 
 def ranked_scores(index, live: np.ndarray, nag, target: Target, pool_vectors, opts: ScoringOptions,
                   mode: str) -> Scored:
-    """The score each mode ranks by: NAG's, the embedding's, or the fusion of both orders."""
+    """The score each mode ranks by: NAG's, the embedding's, or their fusion (`opts.fusion`)."""
     if mode == "nag":
         rows, scores, tokens = nag
         return Scored(rows, scores, nag=scores, tokens=tokens)

@@ -290,10 +290,19 @@ class QualityCombination:
     missing: int  # rows left out because their quality is missing or not finite
 
 
-def _min_max(values: np.ndarray) -> np.ndarray:
+def min_max(values: np.ndarray) -> np.ndarray:
+    """float64 (v - min) / (max - min); all zero when every value is equal (or there are none).
+    Integer scores are shifted in int64, exactly, before the one division: their order and
+    spacing are not rounded away above 2**53."""
+    values = np.asarray(values)
+    if values.size == 0:
+        return np.zeros(values.shape, dtype=np.float64)
     lo, hi = values.min(), values.max()
     if hi == lo:
         return np.zeros(values.shape, dtype=np.float64)
+    if np.issubdtype(values.dtype, np.integer):
+        values = values.astype(np.int64)
+        return (values - int(lo)) / float(int(hi) - int(lo))
     return (values - lo) / (hi - lo)
 
 
@@ -309,8 +318,8 @@ def quality_combination(distance: np.ndarray, quality: np.ndarray, invert: bool)
     kept = np.flatnonzero(np.isfinite(quality))
     if kept.size == 0:
         return QualityCombination(np.zeros(0), kept, int(quality.size))
-    d = _min_max(distance[kept])
-    q = _min_max(quality[kept])
+    d = min_max(distance[kept])
+    q = min_max(quality[kept])
     if invert:
         q = 1.0 - q
     return QualityCombination(d + q, kept, int(quality.size - kept.size))
