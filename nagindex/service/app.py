@@ -79,14 +79,7 @@ class Served:
         if as_of is None:
             return current
         with self._lock:
-            return self._open(version=_version(as_of))
-
-
-def _version(value: Any) -> int | str:
-    if isinstance(value, int):
-        return value
-    text = str(value)
-    return int(text) if text.isdigit() else text
+            return self._open(version=as_of)  # a number or a tag: the store resolves it (ASCII digits only)
 
 
 def _wants_arrow(accept: str | None, fmt: str | None) -> bool:

@@ -108,6 +108,7 @@ def test_bad_requests_are_4xx_and_the_server_goes_on(served, monkeypatch):
                           ({"target_texts": ["x"], "colour": "red"}, "unknown field"),
                           ({"target_texts": ["x"], "quality_col": "nope"}, "quality column 'nope'"),
                           ({"targets": ["/no/such/file.jsonl"]}, "no/such/file"),
+                          ({"target_texts": ["x"], "as_of": "\u00b2"}, "unknown version"),
                           ({}, "no target given")]:
         answer = httpx.post(server.url + "/query", json=body)
         assert 400 <= answer.status_code < 500, (body, answer.text)
