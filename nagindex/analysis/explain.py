@@ -10,7 +10,7 @@ import numpy as np
 from nagindex.analysis.views import PoolView, pool_view, target_profile
 from nagindex.errors import NagError
 from nagindex.ranking import scoring
-from nagindex.ranking.query import load_targets, run_query
+from nagindex.ranking.query import default_preset_of, embeds, load_targets, run_query
 from nagindex.ranking.request import QueryRequest
 from nagindex.store.index import live_rows
 from nagindex.ranking.selection import check_fraction, rank_order, select_budget
@@ -109,12 +109,6 @@ def query_ranking(index: Any, request: QueryRequest, target: Any = None) -> dict
     distance[order] = whole.selection.distance
     return {"order": order, "distance": distance, "kept": len(chosen.selection), "scoring": whole.summary["scoring"],
             "mode": whole.summary["mode"]}
-
-
-def embeds(index: Any, request: QueryRequest) -> bool:
-    """Whether the request's targets are embedded (its mode can fuse and the index has embeddings)."""
-    opts = request.scoring_options(getattr(index, "query_preset", None))
-    return opts.mode != "nag" and bool(getattr(index, "has_embeddings", False))
 
 
 def query_distribution(pool: PoolView, ranking_: dict, fraction: float | None) -> dict:
@@ -269,7 +263,7 @@ def explain(
     query = None
     if request is not None:
         query = query_ranking(index, request, target)
-        power = float(request.scoring_options(getattr(index, "query_preset", None)).power)
+        power = float(request.scoring_options(default_preset_of(index)).power)
         fraction = request.fraction
     profile = target_profile(index, target_features, neuron_type, power)
     out = explain_row(pool, row, profile.weights, profile.denominator, fraction=fraction, neighbours=neighbours,

@@ -232,8 +232,7 @@ def _query_request(targets, target_features, fraction, top, neuron_type, fmt, ba
 
 def _query_target(index, request):
     """The one target of `request`, loaded as the query loads it (with embeddings where it fuses)."""
-    from nagindex.analysis.explain import embeds
-    from nagindex.ranking.query import load_targets
+    from nagindex.ranking.query import embeds, load_targets
 
     given = [what for what, there in (("TARGET files", bool(request.targets)),
                                       ("--target-features", bool(request.target_features))) if there]

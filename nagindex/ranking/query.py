@@ -147,7 +147,7 @@ def run_query(index, request: QueryRequest | Any = (), *, engine: Any = None, **
     if quality_col is not None:
         _check_quality_column(index, quality_col)
 
-    loaded = load_targets(index, req, embed=opts.mode != "nag" and _has_embeddings(index))
+    loaded = load_targets(index, req, embed=_embeds(index, opts))
     prefetch = getattr(index, "prefetch_payload_reader", None)
     if prefetch is not None:
         prefetch()  # the output's payload reader loads while the pool is scored (targets are good by now)
@@ -200,6 +200,16 @@ def default_preset_of(index) -> str | None:
 
 def _has_embeddings(index) -> bool:
     return bool(getattr(index, "has_embeddings", False))
+
+
+def _embeds(index, opts: ScoringOptions) -> bool:
+    return opts.mode != "nag" and _has_embeddings(index)
+
+
+def embeds(index, request: QueryRequest) -> bool:
+    """Whether a query of `request` embeds its text targets (its mode may use embeddings and the
+    index has them): `run_query`'s choice, for callers that load the targets themselves."""
+    return _embeds(index, request.scoring_options(default_preset_of(index)))
 
 
 def resolve_mode(mode: str, index, targets: Sequence[Target]) -> str:

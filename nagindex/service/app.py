@@ -21,9 +21,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from nagindex.analysis.explain import embeds
 from nagindex.analysis.explain import explain as explain_row
-from nagindex.ranking.query import load_targets
+from nagindex.ranking.query import embeds, load_targets
 from nagindex.api import Index
 from nagindex.errors import NagError
 from nagindex.service import wire
